@@ -1,0 +1,38 @@
+"""litepool: a structured-concurrency SQLite connection pool for anyio (asyncio and trio).
+
+One writer connection and N read-only reader connections, each on its own worker thread,
+owned by a task group that the pool's ``async with`` block opens::
+
+    async with litepool.open_pool("app.db", readers=4) as pool:
+        async with pool.read() as conn:
+            row = await conn.fetchone("SELECT name FROM users WHERE id = ?", (1,))
+        async with pool.write() as conn:
+            await conn.execute("UPDATE users SET name = ? WHERE id = ?", ("Ada", 1))
+"""
+
+from ._connection import Connection, ExecuteResult, Rows
+from ._errors import ConnectionReleased, PoolClosed, PoolError, PoolTimeout, TransactionAborted
+from ._options import DEFAULT_PRAGMAS, dict_row
+from ._pool import Checkout, Pool, open_pool
+from ._stats import LaneStatistics, PoolStatistics
+
+__version__ = "0.1.0.dev0"
+
+__all__ = [
+    "DEFAULT_PRAGMAS",
+    "Checkout",
+    "Connection",
+    "ConnectionReleased",
+    "ExecuteResult",
+    "LaneStatistics",
+    "Pool",
+    "PoolClosed",
+    "PoolError",
+    "PoolStatistics",
+    "PoolTimeout",
+    "Rows",
+    "TransactionAborted",
+    "__version__",
+    "dict_row",
+    "open_pool",
+]

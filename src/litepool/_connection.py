@@ -1,0 +1,411 @@
+"""The connection handle a checkout yields, and the statements it runs on the worker.
+
+Every method is one round trip to the connection's thread: the statement runs, its rows
+are fetched and its cursor is closed in the same job, so no statement is left half-run
+(which would pin the WAL and make a later ``interrupt()`` hit the wrong statement).
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from collections import deque
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Final, TypeVar
+
+from ._errors import ConnectionReleased, PoolClosed, PoolError, TransactionAborted
+from ._worker import Job, Worker
+
+if TYPE_CHECKING:
+    from ._bridge import Bridge
+
+T = TypeVar("T")
+
+Params = Sequence[Any] | Mapping[str, Any]
+
+READ: Final = "read"
+WRITE: Final = "write"
+CONNECTION: Final = "connection"
+
+
+@dataclass(frozen=True, slots=True)
+class ExecuteResult:
+    """What a data-changing statement reports."""
+
+    rowcount: int
+    """Rows changed by the statement (``-1`` where SQLite does not say)."""
+    lastrowid: int | None
+    """The rowid of the last row inserted by this statement, if any."""
+
+
+# -- job functions: run on the worker thread, first argument is the worker ----------
+
+
+def _execute(worker: Worker, sql: str, params: Params) -> ExecuteResult:
+    cursor = worker.conn.execute(sql, params)  # type: ignore[union-attr]
+    result = ExecuteResult(cursor.rowcount, cursor.lastrowid)
+    cursor.close()
+    return result
+
+
+def _executemany(worker: Worker, sql: str, seq: Iterable[Params]) -> ExecuteResult:
+    cursor = worker.conn.executemany(sql, seq)  # type: ignore[union-attr]
+    result = ExecuteResult(cursor.rowcount, cursor.lastrowid)
+    cursor.close()
+    return result
+
+
+def _executescript(worker: Worker, script: str) -> None:
+    # sqlite3's executescript() commits a pending transaction first, which would end
+    # pool.write()'s transaction behind its back; run the statements one by one instead.
+    conn = worker.conn
+    assert conn is not None
+    for statement in split_script(script):
+        conn.execute(statement).close()
+
+
+def _fetchone(worker: Worker, sql: str, params: Params) -> Any:
+    cursor = worker.conn.execute(sql, params)  # type: ignore[union-attr]
+    row = cursor.fetchone()
+    cursor.close()
+    return row
+
+
+def _fetchall(worker: Worker, sql: str, params: Params) -> list[Any]:
+    cursor = worker.conn.execute(sql, params)  # type: ignore[union-attr]
+    rows = cursor.fetchall()
+    cursor.close()
+    return rows
+
+
+def _fetchval(worker: Worker, sql: str, params: Params) -> Any:
+    cursor = worker.conn.cursor()  # type: ignore[union-attr]
+    cursor.row_factory = None  # the first column, whatever the pool's row factory
+    row = cursor.execute(sql, params).fetchone()
+    cursor.close()
+    return None if row is None else row[0]
+
+
+def _iter_open(worker: Worker, key: int, sql: str, params: Params, size: int) -> list[Any]:
+    worker.cursors[key] = worker.conn.execute(sql, params)  # type: ignore[union-attr]
+    return _iter_next(worker, key, size)
+
+
+def _iter_next(worker: Worker, key: int, size: int) -> list[Any]:
+    cursor = worker.cursors[key]
+    try:
+        rows = cursor.fetchmany(size)
+    except BaseException:
+        _iter_close(worker, key)
+        raise
+    if len(rows) < size:
+        _iter_close(worker, key)
+    return rows
+
+
+def _iter_close(worker: Worker, key: int) -> None:
+    cursor = worker.cursors.pop(key, None)
+    if cursor is not None:
+        cursor.close()
+
+
+def _run_user(worker: Worker, fn: Callable[..., Any], args: tuple[Any, ...]) -> Any:
+    return fn(worker.conn, *args)
+
+
+def _begin_then(worker: Worker, fn: Callable[..., Any], args: tuple[Any, ...]) -> Any:
+    # BEGIN IMMEDIATE rides with the transaction's first statement: one round trip saved.
+    # IMMEDIATE takes the write lock now, so a read-modify-write cannot lose an update and
+    # a conflict waits on the busy timeout instead of failing with SQLITE_BUSY_SNAPSHOT.
+    worker.conn.execute("BEGIN IMMEDIATE")  # type: ignore[union-attr]
+    return fn(worker, *args)
+
+
+def _commit(worker: Worker) -> None:
+    worker.conn.commit()  # type: ignore[union-attr]
+
+
+def _rollback(worker: Worker) -> None:
+    worker.conn.rollback()  # type: ignore[union-attr]
+
+
+def split_script(script: str) -> list[str]:
+    """Split an SQL script into complete statements, as SQLite's tokenizer sees them."""
+    statements: list[str] = []
+    start = 0
+    position = script.find(";")
+    while position != -1:
+        candidate = script[start : position + 1]
+        if sqlite3.complete_statement(candidate):
+            if candidate.strip(" \t\r\n;"):
+                statements.append(candidate)
+            start = position + 1
+        position = script.find(";", position + 1)
+    tail = script[start:]
+    if tail.strip():
+        statements.append(tail)
+    return statements
+
+
+def _check_sql(sql: object, params: object) -> None:
+    if not isinstance(sql, str):
+        raise TypeError(f"sql must be a str, not {type(sql).__name__}: {sql!r}")
+    if isinstance(params, str | bytes | bytearray):
+        raise TypeError(
+            f"params must be a sequence or a mapping of values, not {type(params).__name__} "
+            f"{params!r} (for one value, write ({params!r},))"
+        )
+
+
+class Connection:
+    """A checked-out connection: valid only inside the ``async with`` block that yielded it.
+
+    Every method runs in one round trip on the connection's own thread. If the calling
+    task is cancelled while a method waits, the cancellation propagates at once and the
+    statement is interrupted (or skipped if it had not started); treat a cancelled call
+    as one that may have run. After the block has ended, every method raises
+    :class:`ConnectionReleased`.
+    """
+
+    __slots__ = (
+        "_begin_pending",
+        "_bridge",
+        "_dirty",
+        "_inflight",
+        "_iterators",
+        "_kind",
+        "_pool_name",
+        "_worker",
+        "chunk_size",
+    )
+
+    def __init__(
+        self, worker: Worker, bridge: Bridge, kind: str, pool_name: str, chunk_size: int
+    ) -> None:
+        self._worker: Worker | None = worker
+        self._bridge = bridge
+        self._kind = kind
+        self._pool_name = pool_name
+        self._begin_pending = kind == WRITE
+        self._inflight = 0
+        self._iterators = 0
+        self._dirty = False
+        self.chunk_size = chunk_size
+
+    def __repr__(self) -> str:
+        state = "released" if self._worker is None else "active"
+        return f"<litepool.Connection {self._kind} of pool {self._pool_name!r} ({state})>"
+
+    @property
+    def kind(self) -> str:
+        """``"read"``, ``"write"`` or ``"connection"``: the checkout that yielded it."""
+        return self._kind
+
+    @property
+    def released(self) -> bool:
+        """True once the ``async with`` block has ended."""
+        return self._worker is None
+
+    # -- plumbing --------------------------------------------------------------------
+
+    def _usable(self) -> Worker:
+        worker = self._worker
+        if worker is None:
+            raise ConnectionReleased(
+                f"this {self._kind} connection of pool {self._pool_name!r} was used after "
+                "its 'async with' block ended; check out a new one"
+            )
+        if worker.stopping:
+            raise PoolClosed(f"pool {self._pool_name!r} is closed")
+        if self._dirty and self._kind == WRITE:
+            raise TransactionAborted(
+                f"a statement of this pool.write() transaction (pool {self._pool_name!r}) "
+                "was cancelled, so whether it ran is unknown; the transaction will be rolled "
+                "back when the block ends"
+            )
+        return worker
+
+    async def _call(self, fn: Callable[..., Any], *args: Any, interruptible: bool = True) -> Any:
+        worker = self._usable()
+        began = self._begin_pending
+        if began:
+            self._begin_pending = False
+            job = Job(_begin_then, (fn, args))
+        else:
+            job = Job(fn, args, interruptible)
+        self._inflight += 1
+        worker.submit(job)
+        try:
+            await self._bridge.wait(worker, job)
+        except BaseException:
+            # Cancelled: the job may still be running, so its outcome and the
+            # connection's state are unknown until the worker has finished it.
+            self._dirty = True
+            raise
+        finally:
+            self._inflight -= 1
+        error = job.error
+        if error is not None:
+            job.error = None
+            if began and worker.conn is not None and not worker.conn.in_transaction:
+                self._begin_pending = True  # BEGIN itself failed: try again next call
+            raise error
+        return job.result
+
+    def _detach(self) -> Worker:
+        worker = self._worker
+        assert worker is not None
+        self._worker = None
+        return worker
+
+    def _needs_reset(self, worker: Worker) -> bool:
+        if self._dirty or self._inflight or self._iterators:
+            return True
+        conn = worker.conn
+        return conn is not None and conn.in_transaction
+
+    # -- statements ------------------------------------------------------------------
+
+    async def execute(self, sql: str, params: Params = ()) -> ExecuteResult:
+        """Run one statement; return its ``rowcount`` and ``lastrowid``."""
+        _check_sql(sql, params)
+        result: ExecuteResult = await self._call(_execute, sql, params)
+        return result
+
+    async def executemany(self, sql: str, seq_of_params: Iterable[Params]) -> ExecuteResult:
+        """Run one statement once per parameter set (consumed on the connection's thread)."""
+        _check_sql(sql, ())
+        if isinstance(seq_of_params, str | bytes | bytearray):
+            raise TypeError(
+                f"seq_of_params must be an iterable of parameter sets, not {seq_of_params!r}"
+            )
+        result: ExecuteResult = await self._call(_executemany, sql, seq_of_params)
+        return result
+
+    async def executescript(self, script: str) -> None:
+        """Run several ``;``-separated statements, without parameters.
+
+        Unlike :meth:`sqlite3.Connection.executescript`, this never commits a pending
+        transaction: inside :meth:`Pool.write` the script is part of the transaction.
+        If a statement fails, the statements before it have run and the error is raised.
+        """
+        _check_sql(script, ())
+        await self._call(_executescript, script)
+
+    async def fetchone(self, sql: str, params: Params = ()) -> Any:
+        """The first row of the result, or None."""
+        _check_sql(sql, params)
+        return await self._call(_fetchone, sql, params)
+
+    async def fetchall(self, sql: str, params: Params = ()) -> list[Any]:
+        """Every row of the result."""
+        _check_sql(sql, params)
+        rows: list[Any] = await self._call(_fetchall, sql, params)
+        return rows
+
+    async def fetchval(self, sql: str, params: Params = ()) -> Any:
+        """The first column of the first row, or None if there is no row."""
+        _check_sql(sql, params)
+        return await self._call(_fetchval, sql, params)
+
+    def iterate(self, sql: str, params: Params = (), *, chunk_size: int | None = None) -> Rows:
+        """Stream the rows of a query, fetching ``chunk_size`` rows per round trip.
+
+        The query's cursor stays open on the connection between chunks; it is closed
+        when the rows run out, when :meth:`Rows.aclose` is called, or at the latest when
+        the connection is returned to the pool.
+        """
+        _check_sql(sql, params)
+        size = self.chunk_size if chunk_size is None else chunk_size
+        if isinstance(size, bool) or not isinstance(size, int) or size < 1:
+            raise ValueError(f"chunk_size must be an int >= 1, got {chunk_size!r}")
+        self._usable()
+        return Rows(self, sql, params, size)
+
+    async def run_sync(self, fn: Callable[..., T], *args: Any) -> T:
+        """Run ``fn(sqlite3_connection, *args)`` on the connection's own thread.
+
+        The escape hatch for what the handle does not wrap: the backup API,
+        ``create_function``, ``blobopen``, pragmas with results. Do not keep the
+        :class:`sqlite3.Connection` beyond the call; it belongs to the pool.
+        """
+        if not callable(fn):
+            raise TypeError(f"run_sync() needs a callable, not {fn!r}")
+        result: T = await self._call(_run_user, fn, args)
+        return result
+
+    async def commit(self) -> None:
+        """Commit the open transaction (only on :meth:`Pool.connection` handles)."""
+        self._check_manual("commit")
+        await self._call(_commit, interruptible=False)
+
+    async def rollback(self) -> None:
+        """Roll back the open transaction (only on :meth:`Pool.connection` handles)."""
+        self._check_manual("rollback")
+        await self._call(_rollback, interruptible=False)
+
+    def _check_manual(self, what: str) -> None:
+        if self._kind != CONNECTION:
+            hint = (
+                "pool.write() commits when its block ends and rolls back on an exception"
+                if self._kind == WRITE
+                else "reader connections are read-only"
+            )
+            raise PoolError(f"{what}() is for pool.connection() handles; {hint}")
+
+
+class Rows(AsyncIterator[Any]):
+    """Async iterator over a query's rows, fetched in chunks. See :meth:`Connection.iterate`."""
+
+    __slots__ = ("_buffer", "_conn", "_done", "_open", "_params", "_size", "_sql")
+
+    def __init__(self, conn: Connection, sql: str, params: Params, size: int) -> None:
+        self._conn = conn
+        self._sql = sql
+        self._params = params
+        self._size = size
+        self._buffer: deque[Any] = deque()
+        self._open = False  # a cursor is open on the worker
+        self._done = False
+
+    def __aiter__(self) -> Rows:
+        return self
+
+    async def __anext__(self) -> Any:
+        if self._buffer:
+            return self._buffer.popleft()
+        if self._done:
+            raise StopAsyncIteration
+        conn = self._conn
+        key = id(self)
+        try:
+            if not self._open:
+                self._open = True
+                conn._iterators += 1
+                rows = await conn._call(_iter_open, key, self._sql, self._params, self._size)
+            else:
+                rows = await conn._call(_iter_next, key, self._size)
+        except BaseException:
+            # Whatever the worker left open is closed when the connection is returned.
+            self._finish()
+            raise
+        if len(rows) < self._size:
+            self._finish()
+        if not rows:
+            raise StopAsyncIteration
+        self._buffer.extend(rows)
+        return self._buffer.popleft()
+
+    def _finish(self) -> None:
+        self._done = True
+        if self._open:
+            self._open = False
+            self._conn._iterators -= 1
+
+    async def aclose(self) -> None:
+        """Close the query's cursor now instead of when the connection is returned."""
+        was_open = self._open
+        self._buffer.clear()
+        self._finish()
+        if was_open and not self._conn.released:
+            await self._conn._call(_iter_close, id(self), interruptible=False)

@@ -1,0 +1,40 @@
+"""The pool's own exceptions.
+
+SQLite's errors are not wrapped: they reach the caller as the ``sqlite3`` exceptions
+they are, so that code written against :mod:`sqlite3` keeps catching what it expects.
+"""
+
+from __future__ import annotations
+
+
+class PoolError(Exception):
+    """Base class of every error raised by litepool itself."""
+
+
+class PoolTimeout(PoolError, TimeoutError):
+    """No connection became free within the acquire timeout.
+
+    The message names the pool, the lane (``read`` or ``write``), the timeout and the
+    lane's counts at the moment of failure.
+    """
+
+
+class PoolClosed(PoolError):
+    """The pool is closed (or closing): no connection can be checked out or used."""
+
+
+class ConnectionReleased(PoolError):
+    """A connection handle was used after its ``async with`` block had ended.
+
+    The underlying SQLite connection may already belong to another task, so the call is
+    refused instead of being run on it.
+    """
+
+
+class TransactionAborted(PoolError):
+    """A statement inside :meth:`Pool.write` was cancelled, so the transaction is void.
+
+    Whether the cancelled statement ran is unknown, so the transaction cannot be trusted:
+    later calls on the handle raise this, and the block rolls the transaction back when it
+    ends (raising this too if the block itself ended normally).
+    """

@@ -1,0 +1,374 @@
+"""The pool: a task group that owns one writer and N reader connections."""
+
+from __future__ import annotations
+
+import enum
+import functools
+import os
+import sqlite3
+from collections.abc import Mapping
+from types import TracebackType
+from typing import Any, Final
+
+import anyio
+import anyio.to_thread
+from anyio.abc import TaskGroup
+
+from ._bridge import Bridge, current_bridge
+from ._connection import CONNECTION, READ, WRITE, Connection
+from ._errors import PoolClosed, TransactionAborted
+from ._lane import Lane
+from ._options import (
+    DEFAULT_ACQUIRE_TIMEOUT,
+    DEFAULT_CHUNK_SIZE,
+    DEFAULT_READERS,
+    Configure,
+    PoolOptions,
+    RowFactory,
+    check_timeout,
+    make_options,
+    open_connection,
+)
+from ._stats import PoolStatistics
+from ._worker import Job, Worker, commit_or_rollback, reset
+
+
+class _Unset(enum.Enum):
+    UNSET = enum.auto()
+
+
+_UNSET: Final = _Unset.UNSET
+
+
+def open_pool(
+    database: str | os.PathLike[str],
+    *,
+    readers: int = DEFAULT_READERS,
+    acquire_timeout: float | None = DEFAULT_ACQUIRE_TIMEOUT,
+    pragmas: Mapping[str, int | float | str | bool | None] | None = None,
+    configure: Configure | None = None,
+    row_factory: RowFactory | type[dict[Any, Any]] | None = None,
+    uri: bool = False,
+    name: str | None = None,
+    chunk_size: int = DEFAULT_CHUNK_SIZE,
+    cached_statements: int = 128,
+) -> Pool:
+    """Describe a pool; ``async with`` it to open it. Arguments are checked right here.
+
+    :param database: the database file, ``":memory:"`` for an in-memory database shared by
+        every connection of the pool, or an SQLite URI with ``uri=True``.
+    :param readers: how many read-only connections serve :meth:`Pool.read`.
+    :param acquire_timeout: seconds a checkout may wait before it raises
+        :class:`~litepool.PoolTimeout`; ``None`` waits for as long as it takes.
+    :param pragmas: merged over :data:`litepool.DEFAULT_PRAGMAS`; a value of ``None``
+        removes a default. Applied to every connection (``journal_mode`` to the writer).
+    :param configure: called with each new :class:`sqlite3.Connection` on its own thread,
+        after the pragmas (register SQL functions, collations, ...).
+    :param row_factory: how rows come back: tuples by default, ``sqlite3.Row``, ``dict``,
+        or any ``(cursor, row) -> object`` callable.
+    :param uri: interpret ``database`` as an SQLite URI.
+    :param name: the pool's name in errors, logs and statistics.
+    :param chunk_size: rows per round trip for :meth:`Connection.iterate`.
+    :param cached_statements: prepared statements cached per connection.
+    :raises TypeError, ValueError: for a bad argument, naming it.
+    """
+    options = make_options(
+        database,
+        readers=readers,
+        acquire_timeout=acquire_timeout,
+        pragmas=pragmas,
+        configure=configure,
+        row_factory=row_factory,
+        uri=uri,
+        name=name,
+        chunk_size=chunk_size,
+        cached_statements=cached_statements,
+    )
+    return Pool(options)
+
+
+class _State(enum.Enum):
+    NEW = "new"
+    OPEN = "open"
+    CLOSED = "closed"
+
+
+class Pool:
+    """A SQLite connection pool scoped to an ``async with`` block. Create it with
+    :func:`open_pool`.
+
+    Entering the block opens a task group, then the writer connection (which sets up
+    WAL), then the readers, each on its own worker thread. Leaving the block closes the
+    pool: waiting and later checkouts raise :class:`~litepool.PoolClosed`, statements
+    already queued finish, and every worker thread has returned before the block exits.
+    """
+
+    def __init__(self, options: PoolOptions) -> None:
+        self._options = options
+        self._state = _State.NEW
+        self._bridge: Bridge | None = None
+        self._task_group: TaskGroup | None = None
+        self._workers: list[Worker] = []
+        self._running = 0
+        self._all_stopped: anyio.Event | None = None
+        self._read_lane: Lane | None = None
+        self._write_lane: Lane | None = None
+
+    def __repr__(self) -> str:
+        return (
+            f"<litepool.Pool {self._options.name!r} {self._state.value} "
+            f"readers={self._options.readers}>"
+        )
+
+    @property
+    def name(self) -> str:
+        """The pool's name, used in errors and statistics."""
+        return self._options.name
+
+    @property
+    def closed(self) -> bool:
+        """True once the pool's block has been left (or never entered)."""
+        return self._state is not _State.OPEN
+
+    # -- checkouts -------------------------------------------------------------------
+
+    def read(self, *, timeout: float | _Unset | None = _UNSET) -> Checkout:
+        """Check out a reader connection (read-only) for an ``async with`` block.
+
+        Waits first come, first served for up to ``timeout`` seconds (default: the pool's
+        ``acquire_timeout``), then raises :class:`~litepool.PoolTimeout`.
+
+        Cancellation: a task cancelled while it waits, or at the moment a connection is
+        handed to it, holds nothing afterwards. A task cancelled inside the block returns
+        its connection; a statement still running is interrupted first.
+        """
+        return self._checkout(READ, timeout)
+
+    def write(self, *, timeout: float | _Unset | None = _UNSET) -> Checkout:
+        """Check out the writer inside a transaction (``BEGIN IMMEDIATE``).
+
+        Writers queue first come, first served. The transaction begins with the first
+        statement, commits when the block ends normally and rolls back when it ends with
+        an exception or a cancellation, so a read-modify-write inside it cannot lose an
+        update.
+
+        Cancellation: once the block's body has finished, the COMMIT is shielded from
+        anyio cancellation and its outcome is reported; a native
+        ``asyncio.Task.cancel()`` arriving then still lets the COMMIT finish. A statement
+        cancelled inside the block voids the transaction
+        (:class:`~litepool.TransactionAborted`), which is rolled back.
+        """
+        return self._checkout(WRITE, timeout)
+
+    def connection(self, *, timeout: float | _Unset | None = _UNSET) -> Checkout:
+        """Check out the writer with no automatic transaction (autocommit mode).
+
+        For schema changes, ``PRAGMA``\\ s, ``VACUUM`` and transactions you manage with
+        ``BEGIN`` / :meth:`Connection.commit`. A transaction still open when the block
+        ends is rolled back.
+        """
+        return self._checkout(CONNECTION, timeout)
+
+    def _checkout(self, kind: str, timeout: float | _Unset | None) -> Checkout:
+        if timeout is _UNSET:
+            resolved = self._options.acquire_timeout
+        else:
+            resolved = check_timeout(timeout, "timeout")
+        return Checkout(self, kind, resolved)
+
+    def _lane(self, kind: str) -> Lane:
+        lane = self._read_lane if kind == READ else self._write_lane
+        if lane is None or self._state is not _State.OPEN:
+            raise PoolClosed(
+                f"pool {self.name!r} is not open; use it inside 'async with open_pool(...)'"
+            )
+        return lane
+
+    # -- introspection ---------------------------------------------------------------
+
+    def statistics(self) -> PoolStatistics:
+        """A frozen snapshot of the pool's counts; see :class:`~litepool.PoolStatistics`."""
+        read, write = self._read_lane, self._write_lane
+        if read is None or write is None:
+            raise PoolClosed(f"pool {self.name!r} has not been opened")
+        return PoolStatistics(
+            name=self.name,
+            closed=self.closed,
+            read=read.statistics(),
+            write=write.statistics(),
+            interrupted=sum(worker.interrupted for worker in self._workers),
+            rollbacks=sum(worker.rollbacks for worker in self._workers),
+        )
+
+    # -- life cycle --------------------------------------------------------------------
+
+    async def __aenter__(self) -> Pool:
+        if self._state is not _State.NEW:
+            raise RuntimeError(
+                f"pool {self.name!r} was already opened; each open_pool() result can be "
+                "entered once"
+            )
+        self._state = _State.OPEN
+        bridge = self._bridge = current_bridge()
+        options = self._options
+        writer = self._new_worker(bridge, "writer", writer=True)
+        readers = [
+            self._new_worker(bridge, f"reader-{index}", writer=False)
+            for index in range(1, options.readers + 1)
+        ]
+        self._all_stopped = anyio.Event()
+        # Worker threads live as long as the pool: they must not take tokens from anyio's
+        # default limiter, which the rest of the application shares.
+        self._thread_limiter = anyio.CapacityLimiter(1 + options.readers)
+        task_group = self._task_group = anyio.create_task_group()
+        await task_group.__aenter__()
+        try:
+            # The writer first: it creates the database and switches it to WAL, which a
+            # read-only connection cannot do. Then the readers, all at once.
+            await self._start_workers(task_group, bridge, [writer])
+            await self._start_workers(task_group, bridge, readers)
+        except BaseException as exc:
+            self._state = _State.CLOSED
+            await self._stop_workers()
+            if isinstance(exc, sqlite3.Error):
+                exc.add_note(f"while opening pool {self.name!r} on {options.database!r}")
+            raise
+        self._write_lane = Lane(WRITE, self.name, [writer])
+        self._read_lane = Lane(READ, self.name, readers)
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        self._state = _State.CLOSED
+        for lane in (self._read_lane, self._write_lane):
+            if lane is not None:
+                lane.close()
+        await self._stop_workers()
+
+    async def _stop_workers(self) -> None:
+        """Stop every worker, wait for its thread to return, then leave the task group."""
+        for worker in self._workers:
+            worker.stop()
+        assert self._all_stopped is not None
+        assert self._task_group is not None
+        try:
+            if self._running:
+                with anyio.CancelScope(shield=True):
+                    await self._all_stopped.wait()
+        finally:
+            # Every child has returned, so this does not wait. The body's exception is not
+            # passed in: the task group would wrap it in an ExceptionGroup on trio.
+            await self._task_group.__aexit__(None, None, None)
+
+    def _new_worker(self, bridge: Bridge, role: str, *, writer: bool) -> Worker:
+        options = self._options
+        return Worker(
+            role,
+            f"litepool[{options.name}] {role}",
+            functools.partial(open_connection, options, writer=writer),
+            bridge.post,
+            bridge.alive,
+        )
+
+    async def _start_workers(
+        self, task_group: TaskGroup, bridge: Bridge, workers: list[Worker]
+    ) -> None:
+        jobs = []
+        for worker in workers:
+            job = Job(Worker.open, interruptible=False)
+            worker.submit(job)
+            jobs.append(job)
+            self._workers.append(worker)
+            task_group.start_soon(self._serve, worker, name=worker.thread_name)
+        for worker, job in zip(workers, jobs, strict=True):
+            await bridge.wait(worker, job)
+            if job.error is not None:
+                raise job.error
+
+    async def _serve(self, worker: Worker) -> None:
+        self._running += 1
+        try:
+            await anyio.to_thread.run_sync(worker.run, limiter=self._thread_limiter)
+        finally:
+            self._running -= 1
+            if not self._running:
+                assert self._all_stopped is not None
+                self._all_stopped.set()
+
+
+class Checkout:
+    """The ``async with`` target returned by :meth:`Pool.read`, :meth:`Pool.write` and
+    :meth:`Pool.connection`; it yields a :class:`Connection`."""
+
+    __slots__ = ("_conn", "_kind", "_lane", "_pool", "_timeout")
+
+    def __init__(self, pool: Pool, kind: str, timeout: float | None) -> None:
+        self._pool = pool
+        self._kind = kind
+        self._timeout = timeout
+        self._lane: Lane | None = None
+        self._conn: Connection | None = None
+
+    async def __aenter__(self) -> Connection:
+        if self._lane is not None:
+            raise RuntimeError("a checkout can be entered once; call pool.read() again")
+        pool = self._pool
+        lane = self._lane = pool._lane(self._kind)
+        worker = await lane.acquire(self, self._timeout)
+        assert pool._bridge is not None
+        conn = self._conn = Connection(
+            worker, pool._bridge, self._kind, pool.name, pool._options.chunk_size
+        )
+        return conn
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        conn, lane = self._conn, self._lane
+        assert conn is not None
+        assert lane is not None
+        worker = conn._detach()
+        if self._kind == WRITE and exc_type is None and not conn._begin_pending:
+            if conn._dirty or conn._inflight:
+                self._release(lane, worker, conn)
+                raise TransactionAborted(
+                    f"pool {self._pool.name!r}: the pool.write() transaction was rolled "
+                    "back because a statement in it was cancelled"
+                )
+            if worker.stopping:
+                lane.release(self, worker)
+                raise PoolClosed(
+                    f"pool {self._pool.name!r} was closed during the pool.write() block; "
+                    "its transaction was rolled back"
+                )
+            await self._commit(lane, worker)
+            return
+        self._release(lane, worker, conn)
+
+    def _release(self, lane: Lane, worker: Worker, conn: Connection) -> None:
+        # Any cleanup is queued ahead of the next borrower's first statement, so the
+        # connection can be handed on at once, without waiting for it.
+        if not worker.stopping and conn._needs_reset(worker):
+            worker.submit(Job(reset, (), interruptible=False))
+        lane.release(self, worker)
+
+    async def _commit(self, lane: Lane, worker: Worker) -> None:
+        job = Job(commit_or_rollback, (), interruptible=False)
+        worker.submit(job)
+        # The next writer may queue its first statement behind our COMMIT right away.
+        lane.release(self, worker)
+        bridge = self._pool._bridge
+        assert bridge is not None
+        with anyio.CancelScope(shield=True):
+            await bridge.wait(worker, job)
+        error = job.error
+        if error is not None:
+            job.error = None
+            raise error

@@ -1,0 +1,259 @@
+"""The thread that owns one SQLite connection, and the jobs it runs.
+
+A :class:`Worker` creates its :class:`sqlite3.Connection` on its own thread, runs every
+job on it there, and closes it there. The event loop hands jobs over a
+:class:`queue.SimpleQueue`; the thread takes everything queued in one wake-up and answers
+the whole batch with a single callback posted to the loop, because the cross-thread
+wake-up, not SQLite, is the dominant cost of a small query.
+
+Nothing here awaits: the loop side (``_bridge.py``, ``_connection.py``) decides when to
+wait for a job, and may stop waiting (cancellation) while the job still runs here.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import sqlite3
+import threading
+from collections.abc import Callable
+from typing import Any, Final
+
+logger = logging.getLogger("litepool")
+
+#: How often an idle worker checks that its event loop and the interpreter still exist,
+#: so that a pool that is never closed cannot keep the process alive.
+IDLE_POLL_SECONDS: Final = 1.0
+
+#: The progress handler runs every this many SQLite VM instructions; it is what stops a
+#: cancelled statement that had not yet started when ``interrupt()`` was called.
+PROGRESS_INSTRUCTIONS: Final = 1000
+
+JobFn = Callable[..., Any]
+
+
+class Job:
+    """One call to run on a worker's thread.
+
+    ``fn(worker, *args)`` runs on the thread; its return value or exception is stored
+    here. ``done`` and ``waker`` are touched only on the event loop thread.
+    """
+
+    __slots__ = ("args", "cancelled", "done", "error", "fn", "interruptible", "result", "waker")
+
+    def __init__(self, fn: JobFn, args: tuple[Any, ...] = (), interruptible: bool = True) -> None:
+        self.fn = fn
+        self.args = args
+        self.interruptible = interruptible
+        self.cancelled = False
+        self.done = False
+        self.result: Any = None
+        self.error: BaseException | None = None
+        self.waker: Any = None
+
+
+class _Stop:
+    """Queued last: the thread closes its connection and returns."""
+
+
+_STOP: Final = _Stop()
+
+#: Posts a finished batch back to the event loop; returns False if the loop is gone.
+PostFn = Callable[[list[Job]], bool]
+
+
+class Worker:
+    """One SQLite connection and the thread that owns it."""
+
+    __slots__ = (
+        "_alive",
+        "_current",
+        "_jobs",
+        "_lock",
+        "_opener",
+        "_post",
+        "conn",
+        "cursors",
+        "interrupted",
+        "role",
+        "rollbacks",
+        "stopping",
+        "thread_name",
+    )
+
+    def __init__(
+        self,
+        role: str,
+        thread_name: str,
+        opener: Callable[[], sqlite3.Connection],
+        post: PostFn,
+        alive: Callable[[], bool],
+    ) -> None:
+        self.role = role
+        self.thread_name = thread_name
+        self._opener = opener
+        self._post = post
+        self._alive = alive
+        self._jobs: queue.SimpleQueue[Job | _Stop] = queue.SimpleQueue()
+        # Guards ``_current`` so that ``interrupt()`` can only hit the job it was meant for.
+        self._lock = threading.Lock()
+        self._current: Job | None = None
+        self.conn: sqlite3.Connection | None = None
+        # Open cursors of ``Connection.iterate``, keyed by iterator id. Thread-side only.
+        self.cursors: dict[int, sqlite3.Cursor] = {}
+        self.stopping = False
+        self.interrupted = 0
+        self.rollbacks = 0
+
+    # -- event loop side -------------------------------------------------------------
+
+    def submit(self, job: Job) -> None:
+        self._jobs.put(job)
+
+    def cancel(self, job: Job) -> None:
+        """Stop ``job``: skip it if it has not started, interrupt SQLite if it is running.
+
+        A job that has finished is left alone. Jobs that must complete once queued (a
+        COMMIT, a reset) are not interruptible.
+        """
+        if not job.interruptible or job.done:
+            return
+        job.cancelled = True
+        with self._lock:
+            if self._current is job and self.conn is not None:
+                self.conn.interrupt()
+
+    def stop(self) -> None:
+        """Queue the stop: jobs queued before it still run, none may be queued after."""
+        if not self.stopping:
+            self.stopping = True
+            self._jobs.put(_STOP)
+
+    # -- worker thread side ----------------------------------------------------------
+
+    def run(self) -> None:
+        """The thread's body: serve jobs (the first opens the connection) until stopped."""
+        thread = threading.current_thread()
+        previous_name = thread.name
+        thread.name = self.thread_name
+        try:
+            self._serve()
+        finally:
+            conn = self.conn
+            if conn is not None:
+                self._close(conn)
+            thread.name = previous_name
+
+    def _progress(self) -> int:
+        current = self._current
+        return 1 if current is not None and current.cancelled else 0
+
+    def _serve(self) -> None:
+        get = self._jobs.get
+        get_nowait = self._jobs.get_nowait
+        run = self._run
+        while True:
+            try:
+                item = get(timeout=IDLE_POLL_SECONDS)
+            except queue.Empty:
+                if self._alive():
+                    continue
+                logger.warning(
+                    "%s: its event loop is gone but the pool was never closed; "
+                    "closing the connection",
+                    self.thread_name,
+                )
+                return
+            batch: list[Job] = []
+            stop = False
+            while True:
+                if isinstance(item, _Stop):
+                    stop = True
+                else:
+                    run(item)
+                    batch.append(item)
+                try:
+                    item = get_nowait()
+                except queue.Empty:
+                    break
+            if batch and not self._post(batch):
+                return
+            if stop or self.conn is None:  # stopped, or the opening job failed
+                return
+
+    def _run(self, job: Job) -> None:
+        if job.cancelled:
+            job.error = _SKIPPED
+            return
+        lock = self._lock
+        with lock:
+            self._current = job
+        try:
+            job.result = job.fn(self, *job.args)
+        except BaseException as exc:
+            if job.cancelled and isinstance(exc, sqlite3.OperationalError):
+                self.interrupted += 1
+            job.error = exc
+        finally:
+            with lock:
+                self._current = None
+
+    def open(self) -> None:
+        """Job: open the connection. Queued first; if it fails the thread returns."""
+        conn = self._opener()
+        conn.set_progress_handler(self._progress, PROGRESS_INSTRUCTIONS)
+        self.conn = conn
+
+    def _close(self, conn: sqlite3.Connection) -> None:
+        self.conn = None
+        for cursor in self.cursors.values():
+            cursor.close()
+        self.cursors.clear()
+        try:
+            conn.close()
+        except sqlite3.Error:
+            logger.exception("%s: closing the connection failed", self.thread_name)
+
+
+class _SkippedJob(Exception):
+    """Stored on a job that was cancelled before it started; nobody waits for it."""
+
+
+_SKIPPED: Final = _SkippedJob()
+
+
+# -- job functions (run on the worker thread; first argument is the worker) ----------
+
+
+def close_cursors(worker: Worker) -> None:
+    if worker.cursors:
+        for cursor in worker.cursors.values():
+            cursor.close()
+        worker.cursors.clear()
+
+
+def reset(worker: Worker) -> None:
+    """Make the connection clean for its next borrower: no cursor, no transaction."""
+    close_cursors(worker)
+    conn = worker.conn
+    assert conn is not None
+    if conn.in_transaction:
+        worker.rollbacks += 1
+        try:
+            conn.execute("ROLLBACK")
+        except sqlite3.Error:
+            logger.exception("%s: rollback on return failed", worker.thread_name)
+
+
+def commit_or_rollback(worker: Worker) -> None:
+    """COMMIT; if that fails, ROLLBACK so that the next writer starts clean, and raise."""
+    close_cursors(worker)
+    conn = worker.conn
+    assert conn is not None
+    try:
+        conn.execute("COMMIT")
+    except BaseException:
+        if conn.in_transaction:
+            worker.rollbacks += 1
+            conn.execute("ROLLBACK")
+        raise

@@ -1,0 +1,126 @@
+from __future__ import annotations
+
+import sqlite3
+import threading
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+
+import anyio
+import anyio.abc
+import pytest
+
+# Every async test runs on both backends. trio is a test dependency: if it is missing,
+# the trio half must fail loudly rather than disappear.
+import trio  # a test dependency: fail fast when the test environment lacks it
+
+
+@pytest.fixture(params=["asyncio", "trio"])
+def anyio_backend(request: pytest.FixtureRequest) -> str:
+    return str(request.param)
+
+
+@pytest.fixture
+def db_path(tmp_path: Path) -> str:
+    return str(tmp_path / "test.db")
+
+
+#: A recursive CTE that would count for many seconds: the standard long query.
+LONG_QUERY = (
+    "WITH RECURSIVE r(i) AS (SELECT signal_started() UNION ALL SELECT i + 1 FROM r) "
+    "SELECT count(*) FROM r"
+)
+
+
+class StartSignal:
+    """An SQL function ``signal_started()`` that tells the test a statement is running.
+
+    Installed through ``open_pool(configure=...)``, it lets a test cancel a statement
+    exactly while it runs on its worker thread, instead of hoping a sleep lands there.
+    """
+
+    def __init__(self) -> None:
+        self.event = threading.Event()
+
+    def configure(self, conn: sqlite3.Connection) -> None:
+        conn.create_function("signal_started", 0, self._called)
+
+    def _called(self) -> int:
+        self.event.set()
+        return 1
+
+    async def wait(self) -> None:
+        import anyio.to_thread
+
+        assert await anyio.to_thread.run_sync(self.event.wait, 10.0), "statement never started"
+        self.event.clear()
+
+
+@pytest.fixture
+def start_signal() -> StartSignal:
+    return StartSignal()
+
+
+def litepool_threads() -> list[str]:
+    return [t.name for t in threading.enumerate() if t.name.startswith("litepool[")]
+
+
+Setup = Callable[[sqlite3.Connection], None]
+
+
+class CancellableTask:
+    """Runs ``fn()`` in its own task, to be cancelled in one of two ways.
+
+    ``how="scope"`` cancels through an anyio ``CancelScope``. ``how="native"`` cancels the
+    way the backend's own code does: ``asyncio.Task.cancel()`` on asyncio (what
+    ``asyncio.wait_for``, ``asyncio.TaskGroup`` and frameworks use), a ``trio.CancelScope``
+    on trio. ``cancel()`` is synchronous, so a test can call it in the same step as another
+    event (a hand-off, a release) without yielding in between.
+    """
+
+    def __init__(self, fn: Callable[[], Awaitable[object]], how: str, backend: str) -> None:
+        self._fn = fn
+        self._how = how
+        self._backend = backend
+        self._cancel: Callable[[], object] | None = None
+        self.outcome: str | None = None
+        self.started = False
+
+    def cancel(self) -> None:
+        assert self._cancel is not None, "task has not started"
+        self._cancel()
+
+    async def run(self, *, task_status: anyio.abc.TaskStatus[None]) -> None:
+        if self._how == "scope":
+            with anyio.CancelScope() as scope:
+                self._cancel = scope.cancel
+                task_status.started()
+                await self._fn()
+                self.outcome = "completed"
+            if scope.cancelled_caught:
+                self.outcome = "cancelled"
+        elif self._backend == "asyncio":
+            import asyncio
+
+            task = asyncio.current_task()
+            assert task is not None
+            self._cancel = task.cancel
+            task_status.started()
+            try:
+                await self._fn()
+                self.outcome = "completed"
+            except asyncio.CancelledError:
+                task.uncancel()
+                self.outcome = "cancelled"
+        else:
+            with trio.CancelScope() as trio_scope:
+                self._cancel = trio_scope.cancel
+                task_status.started()
+                await self._fn()
+                self.outcome = "completed"
+            if trio_scope.cancelled_caught:
+                self.outcome = "cancelled"
+
+
+@pytest.fixture(params=["scope", "native"])
+def cancel_how(request: pytest.FixtureRequest) -> str:
+    return str(request.param)
