@@ -355,15 +355,18 @@ async def test_statistics_count_checkouts(db_path: str) -> None:
                 pass
         async with pool.write():
             pass
+        await pool.fetchval("SELECT 1")
+        await pool.execute("CREATE TABLE t (x)")
+        await pool.execute("INSERT INTO t VALUES (1)")
         stats = pool.statistics()
         assert stats == litepool.PoolStatistics(
             name="stats",
             closed=False,
             read=litepool.LaneStatistics(
-                size=3, idle=3, in_use=0, waiting=0, checkouts=5, timeouts=0
+                size=3, idle=3, in_use=0, waiting=0, checkouts=5, statements=1, timeouts=0
             ),
             write=litepool.LaneStatistics(
-                size=1, idle=1, in_use=0, waiting=0, checkouts=1, timeouts=0
+                size=1, idle=1, in_use=0, waiting=0, checkouts=1, statements=2, timeouts=0
             ),
             interrupted=0,
             rollbacks=0,

@@ -2,9 +2,13 @@
 
 anyio 4 has no public non-blocking "call soon from a thread", and ``anyio.Event`` costs
 several allocations and an extra scheduling step per call. Both backends offer a cheap
-native pair instead: a thread-safe "call soon" to post a finished batch, and a way to park
+native pair instead: a thread-safe "call soon" to post finished jobs, and a way to park
 the waiting task until that callback wakes it. This module holds the two native pairs
 behind one small interface; everything else in litepool is backend-agnostic.
+
+One bridge serves a whole pool and rings the loop's doorbell at most once until the loop
+has answered it: workers that finish while a wake-up is already pending only append
+their jobs, so several workers finishing together cost the loop one wake-up.
 
 Cancellation contract of :meth:`Bridge.wait`: when the caller is cancelled (anyio cancel
 scope, trio cancel scope or native ``asyncio.Task.cancel()``), the cancellation propagates
@@ -16,7 +20,10 @@ from __future__ import annotations
 
 import asyncio
 import threading
-from typing import TYPE_CHECKING, Any, Protocol, cast
+import time
+from collections import deque
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any, cast
 
 import anyio.lowlevel
 
@@ -24,17 +31,6 @@ from ._worker import Job, Worker
 
 if TYPE_CHECKING:
     import trio
-
-
-class Bridge(Protocol):
-    def post(self, batch: list[Job]) -> bool:
-        """Thread side: wake the waiters of ``batch``; False if the loop is gone."""
-
-    def alive(self) -> bool:
-        """Thread side: whether the owning event loop and the interpreter still exist."""
-
-    async def wait(self, worker: Worker, job: Job) -> None:
-        """Loop side: return once ``job`` is done (see the module's cancellation contract)."""
 
 
 def current_bridge() -> Bridge:
@@ -48,36 +44,85 @@ def _main_thread_alive() -> bool:
     return threading.main_thread().is_alive()
 
 
-def _wake_asyncio(batch: list[Job]) -> None:
-    for job in batch:
-        job.done = True
-        future = job.waker
-        if future is not None and not future.done():
-            future.set_result(None)
+class Bridge:
+    """The per-pool doorbell: worker threads post finished jobs, the loop wakes waiters."""
+
+    __slots__ = ("_call_soon", "_done", "_gone", "_scheduled")
+
+    def __init__(self, call_soon: Callable[[Callable[[], object]], object]) -> None:
+        self._call_soon = call_soon
+        self._done: deque[tuple[Worker, list[Job]]] = deque()
+        self._scheduled = False
+        self._gone = False
+
+    # -- worker thread side ------------------------------------------------------------
+
+    def post(self, worker: Worker, batch: list[Job]) -> bool:
+        """Hand ``batch`` to the loop; False if the loop is gone."""
+        # Append first, then look at the flag: the loop clears the flag before it drains,
+        # so a set flag means the drain has not started and will see this batch.
+        self._done.append((worker, batch))
+        if self._scheduled:
+            return not self._gone
+        self._scheduled = True
+        try:
+            self._call_soon(self._drain)
+        except Exception:  # the loop is closed (asyncio) or its run finished (trio)
+            self._gone = True
+        return not self._gone
+
+    def alive(self) -> bool:
+        """Whether the owning event loop and the interpreter still exist."""
+        raise NotImplementedError
+
+    # -- event loop side ---------------------------------------------------------------
+
+    def _drain(self) -> None:
+        self._scheduled = False
+        done = self._done
+        wake = self._wake
+        now = time.monotonic()
+        while done:
+            worker, batch = done.popleft()
+            worker.queued -= len(batch)
+            worker.progress = now
+            for job in batch:
+                job.done = True
+                waker = job.waker
+                if waker is not None:
+                    job.waker = None
+                    wake(waker)
+
+    def _wake(self, waker: Any) -> None:
+        raise NotImplementedError
+
+    async def wait(self, worker: Worker, job: Job) -> None:
+        """Return once ``job`` is done (see the module's cancellation contract)."""
+        raise NotImplementedError
 
 
-class _AsyncioBridge:
-    __slots__ = ("_call_soon", "_loop")
+def _set_result(future: asyncio.Future[None]) -> None:
+    if not future.done():
+        future.set_result(None)
+
+
+class _AsyncioBridge(Bridge):
+    __slots__ = ("_create_future", "_loop")
 
     def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        super().__init__(loop.call_soon_threadsafe)
         self._loop = loop
-        self._call_soon = loop.call_soon_threadsafe
-
-    def post(self, batch: list[Job]) -> bool:
-        try:
-            self._call_soon(_wake_asyncio, batch)
-        except RuntimeError:  # the loop is closed
-            return False
-        return True
+        self._create_future = loop.create_future
 
     def alive(self) -> bool:
         return not self._loop.is_closed() and _main_thread_alive()
 
+    _wake = staticmethod(_set_result)  # type: ignore[assignment]  # same call shape
+
     async def wait(self, worker: Worker, job: Job) -> None:
         if job.done:
             return
-        future = self._loop.create_future()
-        job.waker = future
+        future = job.waker = self._create_future()
         try:
             await future
         except BaseException:
@@ -90,42 +135,26 @@ def _noop() -> None:
     pass
 
 
-class _TrioBridge:
-    __slots__ = ("_abort", "_current_task", "_finished", "_reschedule", "_run_sync_soon", "_wait")
+class _TrioBridge(Bridge):
+    __slots__ = ("_abort", "_current_task", "_run_sync_soon", "_wait", "_wake")
 
     def __init__(self, token: trio.lowlevel.TrioToken) -> None:
         # trio is imported only when a pool runs under it: it is an optional dependency.
         import trio
 
+        super().__init__(token.run_sync_soon)
         self._run_sync_soon = token.run_sync_soon
-        self._finished = trio.RunFinishedError
-        self._reschedule = trio.lowlevel.reschedule
         self._current_task = trio.lowlevel.current_task
         self._wait = trio.lowlevel.wait_task_rescheduled
         self._abort = trio.lowlevel.Abort.SUCCEEDED
-
-    def _wake(self, batch: list[Job]) -> None:
-        reschedule = self._reschedule
-        for job in batch:
-            job.done = True
-            task = job.waker
-            if task is not None:
-                job.waker = None
-                reschedule(task)
-
-    def post(self, batch: list[Job]) -> bool:
-        try:
-            self._run_sync_soon(self._wake, batch)
-        except self._finished:
-            return False
-        return True
+        self._wake = trio.lowlevel.reschedule  # type: ignore[method-assign,assignment]  # same call shape
 
     def alive(self) -> bool:
         if not _main_thread_alive():
             return False
         try:
             self._run_sync_soon(_noop)
-        except self._finished:
+        except Exception:  # trio.RunFinishedError
             return False
         return True
 

@@ -41,14 +41,14 @@ class ExecuteResult:
 # -- job functions: run on the worker thread, first argument is the worker ----------
 
 
-def _execute(worker: Worker, sql: str, params: Params) -> ExecuteResult:
+def execute_job(worker: Worker, sql: str, params: Params) -> ExecuteResult:
     cursor = worker.conn.execute(sql, params)  # type: ignore[union-attr]
     result = ExecuteResult(cursor.rowcount, cursor.lastrowid)
     cursor.close()
     return result
 
 
-def _executemany(worker: Worker, sql: str, seq: Iterable[Params]) -> ExecuteResult:
+def executemany_job(worker: Worker, sql: str, seq: Iterable[Params]) -> ExecuteResult:
     cursor = worker.conn.executemany(sql, seq)  # type: ignore[union-attr]
     result = ExecuteResult(cursor.rowcount, cursor.lastrowid)
     cursor.close()
@@ -64,21 +64,21 @@ def _executescript(worker: Worker, script: str) -> None:
         conn.execute(statement).close()
 
 
-def _fetchone(worker: Worker, sql: str, params: Params) -> Any:
+def fetchone_job(worker: Worker, sql: str, params: Params) -> Any:
     cursor = worker.conn.execute(sql, params)  # type: ignore[union-attr]
     row = cursor.fetchone()
     cursor.close()
     return row
 
 
-def _fetchall(worker: Worker, sql: str, params: Params) -> list[Any]:
+def fetchall_job(worker: Worker, sql: str, params: Params) -> list[Any]:
     cursor = worker.conn.execute(sql, params)  # type: ignore[union-attr]
     rows = cursor.fetchall()
     cursor.close()
     return rows
 
 
-def _fetchval(worker: Worker, sql: str, params: Params) -> Any:
+def fetchval_job(worker: Worker, sql: str, params: Params) -> Any:
     cursor = worker.conn.cursor()  # type: ignore[union-attr]
     cursor.row_factory = None  # the first column, whatever the pool's row factory
     row = cursor.execute(sql, params).fetchone()
@@ -107,6 +107,26 @@ def _iter_close(worker: Worker, key: int) -> None:
     cursor = worker.cursors.pop(key, None)
     if cursor is not None:
         cursor.close()
+
+
+def in_transaction(worker: Worker, fn: Callable[..., Any], args: tuple[Any, ...]) -> Any:
+    """``fn`` inside BEGIN IMMEDIATE ... COMMIT, rolled back if anything fails."""
+    conn = worker.conn
+    assert conn is not None
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        result = fn(worker, *args)
+        if worker.current_cancelled():
+            # The statement finished before the interrupt reached it; its caller is gone,
+            # so do not commit what it can no longer be told about.
+            raise sqlite3.OperationalError("interrupted")
+        conn.execute("COMMIT")
+    except BaseException:
+        if conn.in_transaction:
+            worker.rollbacks += 1
+            conn.execute("ROLLBACK")
+        raise
+    return result
 
 
 def _run_user(worker: Worker, fn: Callable[..., Any], args: tuple[Any, ...]) -> Any:
@@ -147,13 +167,22 @@ def split_script(script: str) -> list[str]:
     return statements
 
 
-def _check_sql(sql: object, params: object) -> None:
+def check_sql(sql: object, params: object) -> None:
+    if type(sql) is str and type(params) is tuple:
+        return
     if not isinstance(sql, str):
         raise TypeError(f"sql must be a str, not {type(sql).__name__}: {sql!r}")
     if isinstance(params, str | bytes | bytearray):
         raise TypeError(
             f"params must be a sequence or a mapping of values, not {type(params).__name__} "
             f"{params!r} (for one value, write ({params!r},))"
+        )
+
+
+def check_params_seq(seq_of_params: object) -> None:
+    if isinstance(seq_of_params, str | bytes | bytearray):
+        raise TypeError(
+            f"seq_of_params must be an iterable of parameter sets, not {seq_of_params!r}"
         )
 
 
@@ -268,18 +297,18 @@ class Connection:
 
     async def execute(self, sql: str, params: Params = ()) -> ExecuteResult:
         """Run one statement; return its ``rowcount`` and ``lastrowid``."""
-        _check_sql(sql, params)
-        result: ExecuteResult = await self._call(_execute, sql, params)
+        check_sql(sql, params)
+        result: ExecuteResult = await self._call(execute_job, sql, params)
         return result
 
     async def executemany(self, sql: str, seq_of_params: Iterable[Params]) -> ExecuteResult:
         """Run one statement once per parameter set (consumed on the connection's thread)."""
-        _check_sql(sql, ())
+        check_sql(sql, ())
         if isinstance(seq_of_params, str | bytes | bytearray):
             raise TypeError(
                 f"seq_of_params must be an iterable of parameter sets, not {seq_of_params!r}"
             )
-        result: ExecuteResult = await self._call(_executemany, sql, seq_of_params)
+        result: ExecuteResult = await self._call(executemany_job, sql, seq_of_params)
         return result
 
     async def executescript(self, script: str) -> None:
@@ -289,24 +318,24 @@ class Connection:
         transaction: inside :meth:`Pool.write` the script is part of the transaction.
         If a statement fails, the statements before it have run and the error is raised.
         """
-        _check_sql(script, ())
+        check_sql(script, ())
         await self._call(_executescript, script)
 
     async def fetchone(self, sql: str, params: Params = ()) -> Any:
         """The first row of the result, or None."""
-        _check_sql(sql, params)
-        return await self._call(_fetchone, sql, params)
+        check_sql(sql, params)
+        return await self._call(fetchone_job, sql, params)
 
     async def fetchall(self, sql: str, params: Params = ()) -> list[Any]:
         """Every row of the result."""
-        _check_sql(sql, params)
-        rows: list[Any] = await self._call(_fetchall, sql, params)
+        check_sql(sql, params)
+        rows: list[Any] = await self._call(fetchall_job, sql, params)
         return rows
 
     async def fetchval(self, sql: str, params: Params = ()) -> Any:
         """The first column of the first row, or None if there is no row."""
-        _check_sql(sql, params)
-        return await self._call(_fetchval, sql, params)
+        check_sql(sql, params)
+        return await self._call(fetchval_job, sql, params)
 
     def iterate(self, sql: str, params: Params = (), *, chunk_size: int | None = None) -> Rows:
         """Stream the rows of a query, fetching ``chunk_size`` rows per round trip.
@@ -315,7 +344,7 @@ class Connection:
         when the rows run out, when :meth:`Rows.aclose` is called, or at the latest when
         the connection is returned to the pool.
         """
-        _check_sql(sql, params)
+        check_sql(sql, params)
         size = self.chunk_size if chunk_size is None else chunk_size
         if isinstance(size, bool) or not isinstance(size, int) or size < 1:
             raise ValueError(f"chunk_size must be an int >= 1, got {chunk_size!r}")

@@ -6,7 +6,7 @@ import enum
 import functools
 import os
 import sqlite3
-from collections.abc import Mapping
+from collections.abc import Callable, Iterable, Mapping
 from types import TracebackType
 from typing import Any, Final
 
@@ -15,7 +15,22 @@ import anyio.to_thread
 from anyio.abc import TaskGroup
 
 from ._bridge import Bridge, current_bridge
-from ._connection import CONNECTION, READ, WRITE, Connection
+from ._connection import (
+    CONNECTION,
+    READ,
+    WRITE,
+    Connection,
+    ExecuteResult,
+    Params,
+    check_params_seq,
+    check_sql,
+    execute_job,
+    executemany_job,
+    fetchall_job,
+    fetchone_job,
+    fetchval_job,
+    in_transaction,
+)
 from ._errors import PoolClosed, TransactionAborted
 from ._lane import Lane
 from ._options import (
@@ -170,11 +185,102 @@ class Pool:
         return self._checkout(CONNECTION, timeout)
 
     def _checkout(self, kind: str, timeout: float | _Unset | None) -> Checkout:
+        return Checkout(self, kind, self._timeout(timeout))
+
+    def _timeout(self, timeout: float | _Unset | None) -> float | None:
         if timeout is _UNSET:
-            resolved = self._options.acquire_timeout
-        else:
-            resolved = check_timeout(timeout, "timeout")
-        return Checkout(self, kind, resolved)
+            return self._options.acquire_timeout
+        return check_timeout(timeout, "timeout")
+
+    # -- single statements ---------------------------------------------------------------
+
+    async def fetchone(
+        self, sql: str, params: Params = (), *, timeout: float | _Unset | None = _UNSET
+    ) -> Any:
+        """Run one query on a reader and return its first row, or None.
+
+        The fast path for a single read: the statement is queued on a reader that no
+        checkout holds (waiting first come, first served behind checkouts if every reader
+        is held), and the reader is free for others as soon as the statement is queued.
+        Statements from many tasks gather on few reader threads, which answer them in
+        batches.
+
+        Cancellation: as for a statement inside :meth:`read`; nothing is held afterwards.
+        """
+        check_sql(sql, params)
+        return await self._statement(READ, fetchone_job, (sql, params), timeout)
+
+    async def fetchall(
+        self, sql: str, params: Params = (), *, timeout: float | _Unset | None = _UNSET
+    ) -> list[Any]:
+        """Run one query on a reader and return every row; see :meth:`fetchone`."""
+        check_sql(sql, params)
+        rows: list[Any] = await self._statement(READ, fetchall_job, (sql, params), timeout)
+        return rows
+
+    async def fetchval(
+        self, sql: str, params: Params = (), *, timeout: float | _Unset | None = _UNSET
+    ) -> Any:
+        """Run one query on a reader and return the first column of its first row, or
+        None; see :meth:`fetchone`."""
+        check_sql(sql, params)
+        return await self._statement(READ, fetchval_job, (sql, params), timeout)
+
+    async def execute(
+        self, sql: str, params: Params = (), *, timeout: float | _Unset | None = _UNSET
+    ) -> ExecuteResult:
+        """Run one statement on the writer as a transaction of its own.
+
+        ``BEGIN IMMEDIATE``, the statement and ``COMMIT`` run in one round trip; if the
+        statement fails, the transaction is rolled back and the error raised. It queues
+        first come, first served with :meth:`write` checkouts, never inside one.
+
+        Cancellation: if the statement had not started it never runs; if it was running
+        it is interrupted and rolled back; a cancellation that arrives after the COMMIT
+        leaves it committed. Treat a cancelled call as one that may have committed.
+        """
+        check_sql(sql, params)
+        result: ExecuteResult = await self._statement(
+            WRITE, in_transaction, (execute_job, (sql, params)), timeout
+        )
+        return result
+
+    async def executemany(
+        self,
+        sql: str,
+        seq_of_params: Iterable[Params],
+        *,
+        timeout: float | _Unset | None = _UNSET,
+    ) -> ExecuteResult:
+        """Run one statement once per parameter set, all in one transaction of its own;
+        see :meth:`execute`."""
+        check_sql(sql, ())
+        check_params_seq(seq_of_params)
+        result: ExecuteResult = await self._statement(
+            WRITE, in_transaction, (executemany_job, (sql, seq_of_params)), timeout
+        )
+        return result
+
+    async def _statement(
+        self,
+        kind: str,
+        fn: Callable[..., Any],
+        args: tuple[Any, ...],
+        timeout: float | _Unset | None,
+    ) -> Any:
+        lane = self._lane(kind)
+        job = Job(fn, args)
+        worker = lane.try_dispatch(job)
+        if worker is None:
+            worker = await lane.dispatch(job, self._timeout(timeout))
+        bridge = self._bridge
+        assert bridge is not None
+        await bridge.wait(worker, job)
+        error = job.error
+        if error is not None:
+            job.error = None
+            raise error
+        return job.result
 
     def _lane(self, kind: str) -> Lane:
         lane = self._read_lane if kind == READ else self._write_lane

@@ -19,6 +19,9 @@ class LaneStatistics:
     """Tasks waiting to check out a connection of this lane."""
     checkouts: int
     """Successful checkouts since the pool opened."""
+    statements: int
+    """Single statements queued through the pool's own methods (``pool.fetchone()``,
+    ``pool.execute()``, ...) since the pool opened."""
     timeouts: int
     """Checkouts that failed with :class:`~litepool.PoolTimeout`."""
 
@@ -36,8 +39,8 @@ class PoolStatistics:
     write: LaneStatistics
     """The writer connection (``pool.write()`` and ``pool.connection()``)."""
     interrupted: int
-    """Statements stopped by their caller's cancellation. Counted on the worker thread
-    when the statement has stopped, which may be after the cancelled caller moved on."""
+    """Statements that were running when their caller was cancelled, and which SQLite
+    was therefore told to interrupt."""
     rollbacks: int
     """Transactions rolled back because their connection came back with one open, or
     because their COMMIT failed. Counted on the worker thread when the ROLLBACK has run,

@@ -16,6 +16,7 @@ import logging
 import queue
 import sqlite3
 import threading
+import time
 from collections.abc import Callable
 from typing import Any, Final
 
@@ -58,8 +59,8 @@ class _Stop:
 
 _STOP: Final = _Stop()
 
-#: Posts a finished batch back to the event loop; returns False if the loop is gone.
-PostFn = Callable[[list[Job]], bool]
+#: Posts a worker's finished batch back to the event loop; False if the loop is gone.
+PostFn = Callable[["Worker", list[Job]], bool]
 
 
 class Worker:
@@ -74,7 +75,10 @@ class Worker:
         "_post",
         "conn",
         "cursors",
+        "held",
         "interrupted",
+        "progress",
+        "queued",
         "role",
         "rollbacks",
         "stopping",
@@ -102,12 +106,21 @@ class Worker:
         # Open cursors of ``Connection.iterate``, keyed by iterator id. Thread-side only.
         self.cursors: dict[int, sqlite3.Cursor] = {}
         self.stopping = False
+        # Loop side: jobs submitted and not yet answered, and whether a borrower holds
+        # the connection exclusively (a checkout) rather than only queuing single
+        # statements on it.
+        self.queued = 0
+        self.progress = 0.0  # time.monotonic() of the last answer, or of work arriving
+        self.held = False
         self.interrupted = 0
         self.rollbacks = 0
 
     # -- event loop side -------------------------------------------------------------
 
     def submit(self, job: Job) -> None:
+        if not self.queued:
+            self.progress = time.monotonic()
+        self.queued += 1
         self._jobs.put(job)
 
     def cancel(self, job: Job) -> None:
@@ -122,6 +135,7 @@ class Worker:
         with self._lock:
             if self._current is job and self.conn is not None:
                 self.conn.interrupt()
+                self.interrupted += 1
 
     def stop(self) -> None:
         """Queue the stop: jobs queued before it still run, none may be queued after."""
@@ -143,6 +157,11 @@ class Worker:
             if conn is not None:
                 self._close(conn)
             thread.name = previous_name
+
+    def current_cancelled(self) -> bool:
+        """Thread side: whether the caller of the running job has been cancelled."""
+        current = self._current
+        return current is not None and current.cancelled
 
     def _progress(self) -> int:
         current = self._current
@@ -176,7 +195,7 @@ class Worker:
                     item = get_nowait()
                 except queue.Empty:
                     break
-            if batch and not self._post(batch):
+            if batch and not self._post(self, batch):
                 return
             if stop or self.conn is None:  # stopped, or the opening job failed
                 return
@@ -191,8 +210,6 @@ class Worker:
         try:
             job.result = job.fn(self, *job.args)
         except BaseException as exc:
-            if job.cancelled and isinstance(exc, sqlite3.OperationalError):
-                self.interrupted += 1
             job.error = exc
         finally:
             with lock:
