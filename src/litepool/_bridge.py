@@ -19,18 +19,22 @@ if it was running. A job may therefore have run although its caller saw a cancel
 from __future__ import annotations
 
 import asyncio
+import functools
 import threading
 import time
 from collections import deque
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, cast
 
+import anyio
 import anyio.lowlevel
 
 from ._worker import Job, Worker
 
 if TYPE_CHECKING:
     import trio
+
+    from ._lane import Waiter
 
 
 def current_bridge() -> Bridge:
@@ -100,6 +104,26 @@ class Bridge:
         """Return once ``job`` is done (see the module's cancellation contract)."""
         raise NotImplementedError
 
+    async def wait_shielded(self, worker: Worker, job: Job) -> None:
+        """Like :meth:`wait`, but cancel scopes (anyio's or trio's) cannot interrupt it:
+        their cancellation is delivered at the caller's next checkpoint instead. A native
+        ``asyncio.Task.cancel()`` still propagates at once (the job runs on regardless:
+        use it only for jobs that are not interruptible)."""
+        raise NotImplementedError
+
+    async def park(self, waiter: Waiter, timeout: float | None) -> None:
+        """Sleep until :meth:`resume` is called for ``waiter`` or ``timeout`` passes.
+
+        Cancellation propagates; the lane then sorts out whether a connection had
+        already been handed to the waiter.
+        """
+        raise NotImplementedError
+
+    def resume(self, waiter: Waiter) -> bool:
+        """Wake a parked ``waiter``; False if it is already waking for another reason
+        (cancelled or timed out), in which case it must not be handed anything."""
+        raise NotImplementedError
+
 
 def _set_result(future: asyncio.Future[None]) -> None:
     if not future.done():
@@ -107,12 +131,13 @@ def _set_result(future: asyncio.Future[None]) -> None:
 
 
 class _AsyncioBridge(Bridge):
-    __slots__ = ("_create_future", "_loop")
+    __slots__ = ("_create_future", "_loop", "_shield")
 
     def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
         super().__init__(loop.call_soon_threadsafe)
         self._loop = loop
         self._create_future = loop.create_future
+        self._shield = functools.partial(type(anyio.CancelScope()), shield=True)
 
     def alive(self) -> bool:
         return not self._loop.is_closed() and _main_thread_alive()
@@ -130,13 +155,51 @@ class _AsyncioBridge(Bridge):
             worker.cancel(job)
             raise
 
+    async def wait_shielded(self, worker: Worker, job: Job) -> None:
+        # The scope class is looked up once: anyio.CancelScope() resolves the backend on
+        # every call, which costs more than the wait itself.
+        with self._shield():
+            await self.wait(worker, job)
+
+    async def park(self, waiter: Waiter, timeout: float | None) -> None:
+        future = waiter.waker = self._create_future()
+        if timeout is None:
+            await future
+            return
+        timer = self._loop.call_later(timeout, _expire, future)
+        try:
+            await future
+        finally:
+            timer.cancel()
+
+    def resume(self, waiter: Waiter) -> bool:
+        future = waiter.waker
+        if future is None or future.done():
+            return False
+        future.set_result(None)
+        return True
+
+
+def _expire(future: asyncio.Future[None]) -> None:
+    if not future.done():
+        future.set_result(None)
+
 
 def _noop() -> None:
     pass
 
 
 class _TrioBridge(Bridge):
-    __slots__ = ("_abort", "_current_task", "_run_sync_soon", "_wait", "_wake")
+    __slots__ = (
+        "_abort",
+        "_cancel_scope",
+        "_current_task",
+        "_current_time",
+        "_refuse",
+        "_run_sync_soon",
+        "_wait",
+        "_wake",
+    )
 
     def __init__(self, token: trio.lowlevel.TrioToken) -> None:
         # trio is imported only when a pool runs under it: it is an optional dependency.
@@ -147,6 +210,10 @@ class _TrioBridge(Bridge):
         self._current_task = trio.lowlevel.current_task
         self._wait = trio.lowlevel.wait_task_rescheduled
         self._abort = trio.lowlevel.Abort.SUCCEEDED
+        failed = trio.lowlevel.Abort.FAILED
+        self._refuse: Callable[[Any], Any] = lambda _: failed
+        self._cancel_scope = trio.CancelScope
+        self._current_time = trio.current_time
         self._wake = trio.lowlevel.reschedule  # type: ignore[method-assign,assignment]  # same call shape
 
     def alive(self) -> bool:
@@ -170,3 +237,35 @@ class _TrioBridge(Bridge):
             return succeeded
 
         await self._wait(abort)
+
+    async def wait_shielded(self, worker: Worker, job: Job) -> None:
+        if job.done:
+            return
+        job.waker = self._current_task()
+        # Refusing the abort is trio's own shield: the task stays parked until the job
+        # is done, and the cancellation is raised at its next checkpoint.
+        await self._wait(self._refuse)
+
+    async def park(self, waiter: Waiter, timeout: float | None) -> None:
+        waiter.waker = self._current_task()
+        succeeded = self._abort
+
+        def abort(_: Any) -> Any:
+            waiter.waker = None
+            return succeeded
+
+        if timeout is None:
+            await self._wait(abort)
+            return
+        # A native trio scope: its deadline ends the wait like a resume, while an outer
+        # cancellation still propagates.
+        with self._cancel_scope(deadline=self._current_time() + timeout):
+            await self._wait(abort)
+
+    def resume(self, waiter: Waiter) -> bool:
+        task = waiter.waker
+        if task is None:
+            return False
+        waiter.waker = None
+        self._wake(task)
+        return True

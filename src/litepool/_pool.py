@@ -339,8 +339,8 @@ class Pool:
             if isinstance(exc, sqlite3.Error):
                 exc.add_note(f"while opening pool {self.name!r} on {options.database!r}")
             raise
-        self._write_lane = Lane(WRITE, self.name, [writer])
-        self._read_lane = Lane(READ, self.name, readers)
+        self._write_lane = Lane(WRITE, self.name, [writer], bridge)
+        self._read_lane = Lane(READ, self.name, readers, bridge)
         return self
 
     async def __aexit__(
@@ -424,7 +424,8 @@ class Checkout:
             raise RuntimeError("a checkout can be entered once; call pool.read() again")
         pool = self._pool
         lane = self._lane = pool._lane(self._kind)
-        worker = await lane.acquire(self, self._timeout)
+        worker = await lane.acquire(self._timeout)
+        lane.checkouts += 1
         assert pool._bridge is not None
         conn = self._conn = Connection(
             worker, pool._bridge, self._kind, pool.name, pool._options.chunk_size
@@ -449,7 +450,7 @@ class Checkout:
                     "back because a statement in it was cancelled"
                 )
             if worker.stopping:
-                lane.release(self, worker)
+                lane.release(worker)
                 raise PoolClosed(
                     f"pool {self._pool.name!r} was closed during the pool.write() block; "
                     "its transaction was rolled back"
@@ -463,17 +464,16 @@ class Checkout:
         # connection can be handed on at once, without waiting for it.
         if not worker.stopping and conn._needs_reset(worker):
             worker.submit(Job(reset, (), interruptible=False))
-        lane.release(self, worker)
+        lane.release(worker)
 
     async def _commit(self, lane: Lane, worker: Worker) -> None:
         job = Job(commit_or_rollback, (), interruptible=False)
         worker.submit(job)
         # The next writer may queue its first statement behind our COMMIT right away.
-        lane.release(self, worker)
+        lane.release(worker)
         bridge = self._pool._bridge
         assert bridge is not None
-        with anyio.CancelScope(shield=True):
-            await bridge.wait(worker, job)
+        await bridge.wait_shielded(worker, job)
         error = job.error
         if error is not None:
             job.error = None
