@@ -1,0 +1,554 @@
+"""What the benchmark reports: medians per workload and contender, the ratios that
+matter, a table on the terminal, Markdown, JSON and a PNG chart."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import statistics
+import sys
+from collections import Counter
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Final
+
+from ._runner import Measurement
+
+#: The synchronous baseline.
+FLOOR: Final = "sqlite3"
+
+#: Where ``--markdown FILE`` writes into an existing file: between these two lines.
+MARKERS: Final = {
+    "results": ("<!-- litepool-bench:results -->", "<!-- /litepool-bench:results -->"),
+    "sweep": ("<!-- litepool-bench:sweep -->", "<!-- /litepool-bench:sweep -->"),
+}
+
+
+@dataclass(slots=True)
+class Summary:
+    """The medians of one workload against one contender over every round."""
+
+    workload: str
+    contender: str
+    status: str
+    detail: str = ""
+    rounds: int = 0
+    ops_per_second: float = math.nan
+    ops_min: float = math.nan
+    ops_max: float = math.nan
+    p50_ms: float = math.nan
+    p99_ms: float = math.nan
+    errors: dict[str, int] = field(default_factory=dict)
+    #: For the transfers: True if the total was kept in every round.
+    kept: bool | None = None
+    #: For the transfers: how the total changed in each round where it was not kept.
+    drift: list[int] = field(default_factory=list)
+
+    @property
+    def error_count(self) -> int:
+        return sum(self.errors.values())
+
+    def kept_text(self) -> str:
+        if self.kept is None:
+            return ""
+        if self.kept:
+            return "kept"
+        drift = ", ".join(f"{change:+,}" for change in self.drift)
+        return f"NOT KEPT ({drift})"
+
+    def errors_text(self, limit: int = 2) -> str:
+        if not self.errors:
+            return "0"
+        parts = [f"{count:,} {kind}" for kind, count in list(self.errors.items())[:limit]]
+        if len(self.errors) > limit:
+            parts.append(f"+{len(self.errors) - limit} kinds")
+        return "; ".join(parts)
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "workload": self.workload,
+            "contender": self.contender,
+            "status": self.status,
+            "detail": self.detail,
+            "rounds": self.rounds,
+            "ops_per_second": _json_number(self.ops_per_second),
+            "ops_per_second_min": _json_number(self.ops_min),
+            "ops_per_second_max": _json_number(self.ops_max),
+            "p50_ms": _json_number(self.p50_ms),
+            "p99_ms": _json_number(self.p99_ms),
+            "errors": self.errors,
+            "total_kept": self.kept,
+            "total_drift": self.drift,
+        }
+
+
+def _plural(count: int, noun: str) -> str:
+    return f"{count} {noun}" if count == 1 else f"{count} {noun}s"
+
+
+def _json_number(value: float) -> float | None:
+    return None if math.isnan(value) else value
+
+
+def _median(values: Iterable[float]) -> float:
+    present = [value for value in values if not math.isnan(value)]
+    return statistics.median(present) if present else math.nan
+
+
+def summarize(measurements: Sequence[Measurement]) -> list[Summary]:
+    """One summary per (workload, contender), in the order they first ran."""
+    groups: dict[tuple[str, str], list[Measurement]] = {}
+    for measurement in measurements:
+        groups.setdefault((measurement.workload, measurement.contender), []).append(measurement)
+    summaries = []
+    for (workload, contender), runs in groups.items():
+        ok = [run for run in runs if run.ok]
+        summary = Summary(workload, contender, status="ok", rounds=len(ok))
+        if not ok:
+            summary.status = runs[0].status
+            summary.detail = runs[0].detail
+        elif len(ok) < len(runs):
+            failed = next(run for run in runs if not run.ok)
+            summary.detail = f"{len(runs) - len(ok)} of {len(runs)} rounds failed: {failed.detail}"
+        if ok:
+            rates = [run.ops_per_second for run in ok]
+            summary.ops_per_second = _median(rates)
+            summary.ops_min = min(rates)
+            summary.ops_max = max(rates)
+            summary.p50_ms = _median(run.p50_ms for run in ok)
+            summary.p99_ms = _median(run.p99_ms for run in ok)
+        errors: Counter[str] = Counter()
+        for run in runs:
+            errors.update(run.errors)
+        summary.errors = dict(errors.most_common())
+        checked = [run for run in ok if run.total_kept is not None]
+        if checked:
+            summary.kept = all(run.total_kept for run in checked)
+            summary.drift = [
+                (run.total_after or 0) - (run.total_before or 0)
+                for run in checked
+                if not run.total_kept
+            ]
+        summaries.append(summary)
+    return summaries
+
+
+# -- ratios -------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Ratio:
+    """Throughput of ``subject`` over ``baseline`` on one workload: the median over the
+    rounds of each round's ratio (the two ran back to back within each round)."""
+
+    subject: str
+    baseline: str
+    workload: str
+    value: float
+    rounds: int
+    as_percent: bool = False
+
+    def text(self) -> str:
+        if math.isnan(self.value):
+            return "n/a"
+        if self.as_percent:
+            return f"{self.value:.1%}"
+        return f"{self.value:.2f}x"
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "subject": self.subject,
+            "baseline": self.baseline,
+            "workload": self.workload,
+            "ratio": _json_number(self.value),
+            "rounds": self.rounds,
+        }
+
+
+def ratio(
+    measurements: Sequence[Measurement],
+    subject: str,
+    baseline: str,
+    workload: str,
+    *,
+    as_percent: bool = False,
+) -> Ratio:
+    by_round: dict[int, dict[str, float]] = {}
+    for run in measurements:
+        if run.workload == workload and run.contender in (subject, baseline) and run.ok:
+            by_round.setdefault(run.round, {})[run.contender] = run.ops_per_second
+    values = [
+        rates[subject] / rates[baseline]
+        for rates in by_round.values()
+        if subject in rates and baseline in rates and rates[baseline] > 0
+    ]
+    return Ratio(subject, baseline, workload, _median(values), len(values), as_percent)
+
+
+def key_ratios(measurements: Sequence[Measurement]) -> list[Ratio]:
+    """The comparisons the benchmark exists for (those whose contenders both ran)."""
+    workloads = list(dict.fromkeys(run.workload for run in measurements))
+    ratios: list[Ratio] = []
+    for workload in workloads:
+        ratios.append(ratio(measurements, "litepool-asyncio", "aiosqlite-shared", workload))
+    ratios.append(ratio(measurements, "litepool-asyncio", "aiosqlitepool", "point-reads"))
+    ratios.append(ratio(measurements, "litepool-trio", "aiosqlitepool", "point-reads"))
+    for workload in workloads:
+        ratios.append(ratio(measurements, "litepool-trio", "litepool-asyncio", workload))
+    for subject in ("litepool-asyncio", "litepool-trio"):
+        ratios.append(ratio(measurements, subject, "sqlite3", "point-reads", as_percent=True))
+    return [item for item in ratios if item.rounds > 0]
+
+
+# -- text -----------------------------------------------------------------------------------
+
+
+def _num(value: float, digits: int = 0) -> str:
+    if math.isnan(value):
+        return "-"
+    return f"{value:,.{digits}f}"
+
+
+def _ms(value: float) -> str:
+    if math.isnan(value):
+        return "-"
+    if value < 1:
+        return f"{value:.3f}"
+    if value < 100:
+        return f"{value:.2f}"
+    return f"{value:,.0f}"
+
+
+def _rate_cell(summary: Summary) -> str:
+    if summary.status != "ok":
+        return summary.status
+    return _num(summary.ops_per_second)
+
+
+def results_rows(summaries: Sequence[Summary]) -> list[list[str]]:
+    """Header and rows of the results table."""
+    rows = [["workload", "contender", "ops/s", "p50 ms", "p99 ms", "errors", "total"]]
+    previous = None
+    for summary in summaries:
+        rows.append(
+            [
+                summary.workload if summary.workload != previous else "",
+                summary.contender,
+                _rate_cell(summary),
+                _ms(summary.p50_ms),
+                _ms(summary.p99_ms),
+                summary.errors_text() if summary.status == "ok" else summary.detail,
+                summary.kept_text(),
+            ]
+        )
+        previous = summary.workload
+    return rows
+
+
+def ratio_rows(ratios: Sequence[Ratio]) -> list[list[str]]:
+    rows = [["comparison", "workload", "ratio"]]
+    for item in ratios:
+        what = (
+            f"{item.subject} as % of {item.baseline}"
+            if item.as_percent
+            else f"{item.subject} / {item.baseline}"
+        )
+        rows.append([what, item.workload, item.text()])
+    return rows
+
+
+def markdown_table(rows: Sequence[Sequence[str]], right: Sequence[int] = ()) -> str:
+    header, *body = rows
+    align = ["---:" if index in right else "---" for index in range(len(header))]
+    lines = ["| " + " | ".join(header) + " |", "| " + " | ".join(align) + " |"]
+    lines.extend("| " + " | ".join(cell.replace("|", "\\|") for cell in row) + " |" for row in body)
+    return "\n".join(lines)
+
+
+def machine_line(machine: dict[str, Any]) -> str:
+    packages = machine.get("packages", {})
+    installed = ", ".join(f"{name} {version}" for name, version in packages.items() if version)
+    cpu = machine.get("cpu_model") or "unknown CPU"
+    return (
+        f"{machine.get('cpus')} CPUs ({cpu}), {machine.get('platform')}, "
+        f"{machine.get('python')}, SQLite {machine.get('sqlite')}; {installed}"
+    )
+
+
+def results_markdown(data: dict[str, Any]) -> str:
+    """The Markdown fragment for the results: command, machine, table, ratios."""
+    measurements = [_measurement(item) for item in data["measurements"]]
+    summaries = summarize(measurements)
+    config = data["config"]
+    lines = [
+        f"Measured with `{data['command']}` on {data['started']}:",
+        "",
+        f"- machine: {machine_line(data['machine'])}",
+        f"- database: {data['database']}",
+        f"- {_plural(config['rounds'], 'round')} of {config['seconds']:g} s per workload and "
+        "contender; "
+        "medians over the rounds",
+        "",
+        markdown_table(results_rows(summaries), right=(2, 3, 4)),
+        "",
+        "Ratios (median over the rounds of each round's ratio of operations per second):",
+        "",
+        markdown_table(ratio_rows(key_ratios(measurements)), right=(2,)),
+    ]
+    return "\n".join(lines)
+
+
+def _measurement(item: dict[str, Any]) -> Measurement:
+    fields = set(Measurement.__dataclass_fields__)
+    values = {key: value for key, value in item.items() if key in fields}
+    for name in ("mean_ms", "p50_ms", "p90_ms", "p99_ms", "max_ms"):
+        if values.get(name) is None:
+            values[name] = math.nan
+    return Measurement(**values)
+
+
+def write_markdown(path: str, fragment: str, section: str) -> None:
+    """Put ``fragment`` between the section's markers in ``path`` if the file has them;
+    otherwise add it, between the markers, at the end of the file (creating it if need
+    be), so that the next run replaces it in place."""
+    begin, end = MARKERS[section]
+    block = f"{begin}\n{fragment}\n{end}"
+    try:
+        with open(path, encoding="utf-8") as handle:
+            text = handle.read()
+    except FileNotFoundError:
+        text = ""
+    start = text.find(begin)
+    stop = text.find(end, start + len(begin)) if start != -1 else -1
+    if start != -1 and stop != -1:
+        text = text[:start] + block + text[stop + len(end) :]
+    elif text.strip():
+        text = text.rstrip("\n") + "\n\n" + block + "\n"
+    else:
+        text = block + "\n"
+    with open(path, "w", encoding="utf-8") as handle:
+        handle.write(text)
+
+
+def write_json(path: str, data: dict[str, Any]) -> None:
+    with open(path, "w", encoding="utf-8") as handle:
+        json.dump(_clean(data), handle, indent=1, allow_nan=False)
+        handle.write("\n")
+
+
+def _clean(value: Any) -> Any:
+    if isinstance(value, float) and (math.isnan(value) or math.isinf(value)):
+        return None
+    if isinstance(value, dict):
+        return {key: _clean(item) for key, item in value.items()}
+    if isinstance(value, list | tuple):
+        return [_clean(item) for item in value]
+    return value
+
+
+# -- the terminal -------------------------------------------------------------------------
+
+
+class RichProgress:
+    """A progress bar on standard error."""
+
+    def __init__(self) -> None:
+        from rich.console import Console
+        from rich.progress import (
+            BarColumn,
+            MofNCompleteColumn,
+            Progress,
+            TextColumn,
+            TimeElapsedColumn,
+            TimeRemainingColumn,
+        )
+
+        self._progress = Progress(
+            TextColumn("{task.description}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TimeElapsedColumn(),
+            TimeRemainingColumn(),
+            console=Console(stderr=True),
+            refresh_per_second=4,
+            transient=False,
+        )
+        self._task: Any = None
+
+    def start(self, total: int, title: str) -> None:
+        self._progress.start()
+        self._task = self._progress.add_task(title, total=total)
+
+    def running(self, description: str) -> None:
+        if self._task is not None:
+            self._progress.update(self._task, description=description)
+
+    def advance(self) -> None:
+        if self._task is not None:
+            self._progress.advance(self._task)
+
+    def note(self, message: str) -> None:
+        self._progress.console.print(message, highlight=False)
+
+    def stop(self) -> None:
+        if self._task is not None:
+            self._progress.update(self._task, description="done")
+        self._progress.stop()
+
+
+class PlainProgress:
+    """Progress as plain lines on standard error (``--no-progress`` or no ``rich``)."""
+
+    def __init__(self, quiet: bool = False) -> None:
+        self._quiet = quiet
+        self._done = 0
+        self._total = 0
+
+    def start(self, total: int, title: str) -> None:
+        self._total = total
+
+    def running(self, description: str) -> None:
+        if not self._quiet:
+            print(f"[{self._done}/{self._total}] {description}", file=sys.stderr, flush=True)
+
+    def advance(self) -> None:
+        self._done += 1
+
+    def note(self, message: str) -> None:
+        print(message, file=sys.stderr, flush=True)
+
+    def stop(self) -> None:
+        pass
+
+
+def print_table(title: str, rows: Sequence[Sequence[str]], right: Sequence[int] = ()) -> None:
+    """A table on standard output (``rich`` if installed, else plain columns)."""
+    try:
+        from rich.console import Console
+        from rich.table import Table
+    except ImportError:
+        print(title)
+        widths = [max(len(row[column]) for row in rows) for column in range(len(rows[0]))]
+        for row in rows:
+            cells = (
+                cell.rjust(width) if index in right else cell.ljust(width)
+                for index, (cell, width) in enumerate(zip(row, widths, strict=True))
+            )
+            print(("  " + "  ".join(cells)).rstrip())
+        return
+    table = Table(title=title, title_justify="left", show_lines=False)
+    header, *body = rows
+    for index, name in enumerate(header):
+        table.add_column(name, justify="right" if index in right else "left")
+    for row in body:
+        style = "bold red" if any("NOT KEPT" in cell for cell in row) else None
+        table.add_row(*row, style=style)
+    Console(width=max(100, Console().width)).print(table)
+
+
+# -- charts -------------------------------------------------------------------------------
+
+
+def _pyplot() -> Any:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def results_chart(path: str, data: dict[str, Any]) -> None:
+    """Median operations per second per contender, one panel per workload, with the
+    range over the rounds as whiskers."""
+    plt = _pyplot()
+    measurements = [_measurement(item) for item in data["measurements"]]
+    summaries = summarize(measurements)
+    workloads = list(dict.fromkeys(summary.workload for summary in summaries))
+    contenders = list(dict.fromkeys(summary.contender for summary in summaries))
+    columns = 2 if len(workloads) > 1 else 1
+    rows = math.ceil(len(workloads) / columns)
+    figure, axes = plt.subplots(
+        rows, columns, figsize=(7 * columns, 0.42 * len(contenders) * rows + 1.6 * rows)
+    )
+    flat = list(axes.flat) if hasattr(axes, "flat") else [axes]
+    colours = plt.get_cmap("tab10")
+    by_key = {(summary.workload, summary.contender): summary for summary in summaries}
+    for axis, workload in zip(flat, workloads, strict=False):
+        names, values, lows, highs, labels, colour_list = [], [], [], [], [], []
+        for index, contender in enumerate(contenders):
+            summary = by_key.get((workload, contender))
+            if summary is None:
+                continue
+            names.append(contender)
+            ok = summary.status == "ok"
+            value = summary.ops_per_second if ok else 0.0
+            values.append(value)
+            lows.append(value - summary.ops_min if ok else 0.0)
+            highs.append(summary.ops_max - value if ok else 0.0)
+            label = _num(value) if ok else summary.status
+            if summary.kept is False:
+                label += "  total NOT KEPT"
+            labels.append(label)
+            colour_list.append(colours(index % 10))
+        positions = list(range(len(names)))
+        # The synchronous floor is often many times faster than every async contender:
+        # scale the panel to the async contenders and cut the floor's bar at the edge.
+        reach = [
+            value + high
+            for name, value, high in zip(names, values, highs, strict=True)
+            if name != FLOOR
+        ]
+        top = max([*reach, 1.0])
+        limit = top * 1.35
+        for index, name in enumerate(names):
+            if name == FLOOR and values[index] > limit:
+                labels[index] += " (bar cut)"
+                values[index] = limit
+                lows[index] = highs[index] = 0.0
+        axis.barh(positions, values, xerr=[lows, highs], color=colour_list, capsize=2, alpha=0.9)
+        axis.set_yticks(positions, names, fontsize=8)
+        axis.invert_yaxis()
+        axis.set_title(workload, fontsize=10)
+        axis.set_xlabel("operations per second (median; whiskers: min-max)", fontsize=8)
+        axis.tick_params(axis="x", labelsize=7)
+        axis.set_xlim(0, limit)
+        for position, value, high, label in zip(positions, values, highs, labels, strict=True):
+            colour = "red" if "NOT KEPT" in label else "black"
+            if label.endswith("(bar cut)"):
+                axis.text(
+                    limit * 0.98,
+                    position,
+                    label,
+                    va="center",
+                    ha="right",
+                    fontsize=7,
+                    color="white",
+                    fontweight="bold",
+                )
+            else:
+                axis.text(
+                    value + high + top * 0.02,
+                    position,
+                    label,
+                    va="center",
+                    fontsize=7,
+                    color=colour,
+                )
+    for axis in flat[len(workloads) :]:
+        axis.set_visible(False)
+    config = data["config"]
+    figure.suptitle(
+        f"litepool bench: {_plural(config['rounds'], 'round')} x {config['seconds']:g} s, "
+        f"{data['machine'].get('cpus')} CPUs, {data['machine'].get('python')}, "
+        f"SQLite {data['machine'].get('sqlite')}",
+        fontsize=10,
+    )
+    figure.tight_layout()
+    figure.savefig(path, dpi=110)
+    plt.close(figure)
+
+
+def ensure_dir(path: str) -> None:
+    os.makedirs(path, exist_ok=True)
