@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 import sqlite3
+import threading
 from typing import Any
 
 import anyio
+import anyio.to_thread
 import pytest
 
 import litepool
+
+from .conftest import LONG_QUERY, StartSignal
 
 pytestmark = pytest.mark.anyio
 
@@ -375,3 +379,42 @@ async def test_statistics_count_checkouts(db_path: str) -> None:
         with pytest.raises(AttributeError):
             stats.name = "x"  # type: ignore[misc]
     assert pool.statistics().closed
+
+
+async def test_results_before_a_long_statement_are_not_held_back(
+    db_path: str, start_signal: StartSignal
+) -> None:
+    """Answers are posted in batches, but never held behind a long statement."""
+    release = threading.Event()
+    blocked = threading.Event()
+
+    def block(raw: sqlite3.Connection) -> None:
+        blocked.set()
+        release.wait(10)
+
+    async with (
+        litepool.open_pool(db_path, readers=1, configure=start_signal.configure) as pool,
+        pool.read() as conn,
+        anyio.create_task_group() as tg,
+    ):
+        # Queue [block, short, long] on the one reader, so that the worker takes them in
+        # one batch once block() returns.
+        tg.start_soon(conn.run_sync, block)
+        await anyio.to_thread.run_sync(blocked.wait, 10)
+        short: list[int] = []
+        answered = anyio.Event()
+
+        async def run_short() -> None:
+            short.append(await conn.fetchval("SELECT 7"))
+            answered.set()
+
+        tg.start_soon(run_short)
+        await anyio.wait_all_tasks_blocked()  # queued second
+        tg.start_soon(conn.fetchval, LONG_QUERY)
+        await anyio.wait_all_tasks_blocked()  # queued third
+        release.set()
+        await start_signal.wait()  # the long statement runs now
+        with anyio.fail_after(5):
+            await answered.wait()
+        assert short == [7]
+        tg.cancel_scope.cancel()

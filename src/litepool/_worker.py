@@ -26,6 +26,9 @@ logger = logging.getLogger("litepool")
 #: so that a pool that is never closed cannot keep the process alive.
 IDLE_POLL_SECONDS: Final = 1.0
 
+#: Finished jobs are posted to the loop at the latest when this many have gathered.
+MAX_BATCH: Final = 64
+
 #: The progress handler runs every this many SQLite VM instructions (about a
 #: millisecond); it stops a cancelled statement that had not yet started when
 #: ``interrupt()`` was called, which SQLite would otherwise forget. Each call takes the
@@ -71,6 +74,7 @@ class Worker:
     __slots__ = (
         "_alive",
         "_current",
+        "_finished",
         "_jobs",
         "_lock",
         "_opener",
@@ -104,6 +108,8 @@ class Worker:
         # Guards ``_current`` so that ``interrupt()`` can only hit the job it was meant for.
         self._lock = threading.Lock()
         self._current: Job | None = None
+        # Finished jobs not yet posted: answered together, one wake-up of the loop.
+        self._finished: list[Job] = []
         self.conn: sqlite3.Connection | None = None
         # Open cursors of ``Connection.iterate``, keyed by iterator id. Thread-side only.
         self.cursors: dict[int, sqlite3.Cursor] = {}
@@ -166,6 +172,10 @@ class Worker:
         return current is not None and current.cancelled
 
     def _progress(self) -> int:
+        # A long statement is running: answer the jobs that finished before it now
+        # rather than when it ends.
+        if self._finished:
+            self._flush()
         current = self._current
         return 1 if current is not None and current.cancelled else 0
 
@@ -185,22 +195,31 @@ class Worker:
                     self.thread_name,
                 )
                 return
-            batch: list[Job] = []
             stop = False
             while True:
                 if isinstance(item, _Stop):
                     stop = True
                 else:
                     run(item)
-                    batch.append(item)
+                    self._finished.append(item)
+                    if len(self._finished) >= MAX_BATCH and not self._flush():
+                        return
                 try:
                     item = get_nowait()
                 except queue.Empty:
                     break
-            if batch and not self._post(self, batch):
+            if not self._flush():
                 return
             if stop or self.conn is None:  # stopped, or the opening job failed
                 return
+
+    def _flush(self) -> bool:
+        """Post the finished jobs not yet posted; False if the event loop is gone."""
+        finished = self._finished
+        if not finished:
+            return True
+        self._finished = []
+        return self._post(self, finished)
 
     def _run(self, job: Job) -> None:
         if job.cancelled:
