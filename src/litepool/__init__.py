@@ -11,23 +11,35 @@ owned by a task group that the pool's ``async with`` block opens::
 """
 
 from ._connection import Connection, ExecuteResult, Rows
-from ._errors import ConnectionReleased, PoolClosed, PoolError, PoolTimeout, TransactionAborted
+from ._errors import (
+    ConnectionReleased,
+    PoolClosed,
+    PoolError,
+    PoolForked,
+    PoolTimeout,
+    TransactionAborted,
+)
+from ._housekeeping import CheckpointResult
 from ._options import DEFAULT_PRAGMAS, dict_row
 from ._pool import Checkout, Pool, open_pool
-from ._stats import LaneStatistics, PoolStatistics
+from ._stats import HISTOGRAM_BOUNDS, Histogram, LaneStatistics, PoolStatistics
 
 __version__ = "0.1.0.dev0"
 
 __all__ = [
     "DEFAULT_PRAGMAS",
+    "HISTOGRAM_BOUNDS",
     "Checkout",
+    "CheckpointResult",
     "Connection",
     "ConnectionReleased",
     "ExecuteResult",
+    "Histogram",
     "LaneStatistics",
     "Pool",
     "PoolClosed",
     "PoolError",
+    "PoolForked",
     "PoolStatistics",
     "PoolTimeout",
     "Rows",

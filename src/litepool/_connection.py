@@ -13,7 +13,8 @@ from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Final, TypeVar
 
-from ._errors import ConnectionReleased, PoolClosed, PoolError, TransactionAborted
+from ._errors import ConnectionReleased, PoolClosed, PoolError, PoolForked, TransactionAborted
+from ._fork import inherited
 from ._worker import Job, Worker
 
 if TYPE_CHECKING:
@@ -245,6 +246,11 @@ class Connection:
                 "its 'async with' block ended; check out a new one"
             )
         if worker.stopping:
+            if inherited(worker):
+                raise PoolForked(
+                    f"pool {self._pool_name!r} was opened in the parent of this process, "
+                    "which was created by os.fork(); its connections cannot be used here"
+                )
             raise PoolClosed(f"pool {self._pool_name!r} is closed")
         if self._dirty and self._kind == WRITE:
             raise TransactionAborted(

@@ -38,3 +38,14 @@ class TransactionAborted(PoolError):
     later calls on the handle raise this, and the block rolls the transaction back when it
     ends (raising this too if the block itself ended normally).
     """
+
+
+class PoolForked(PoolError):
+    """The pool was opened in another process: this is a child created with
+    :func:`os.fork` after the pool had been opened.
+
+    The child inherits the parent's SQLite connections, but not the threads that own
+    them, and SQLite connections must never be used across a fork. The child's copy of
+    the pool refuses every use, and never closes (or otherwise touches) the inherited
+    connections. Open a new pool in the child instead.
+    """

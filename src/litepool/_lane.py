@@ -22,10 +22,11 @@ from __future__ import annotations
 
 import time
 from collections import deque
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, Final
 
 from ._errors import PoolClosed, PoolTimeout
-from ._stats import LaneStatistics
+from ._stats import LaneStatistics, Recorder
 from ._worker import Job, Worker
 
 if TYPE_CHECKING:
@@ -58,13 +59,16 @@ class Lane:
     __slots__ = (
         "_bridge",
         "_waiters",
+        "acquire_wait",
         "checkouts",
         "closed",
+        "holders",
         "idle",
         "kind",
         "pool_name",
         "statements",
         "timeouts",
+        "usage",
         "waiting",
         "workers",
     )
@@ -81,6 +85,12 @@ class Lane:
         self.statements = 0
         self.timeouts = 0
         self.closed = False
+        # Filled by checkouts (see Checkout); read only by statistics().
+        self.acquire_wait = Recorder()
+        self.usage = Recorder()
+        #: Set when the pool tracks who holds its connections: describes them for the
+        #: PoolTimeout message.
+        self.holders: Callable[[], str] | None = None
 
     # -- exclusive checkouts -------------------------------------------------------------
 
@@ -109,10 +119,11 @@ class Lane:
                 raise PoolClosed(f"pool {self.pool_name!r} was closed while waiting")
             self.timeouts += 1
             stats = self.statistics()
+            holders = "" if self.holders is None else self.holders()
             raise PoolTimeout(
                 f"pool {self.pool_name!r}: no {self.kind} connection became free within "
                 f"{timeout:g} s (in use: {stats.in_use}, idle: {stats.idle}, "
-                f"waiting: {stats.waiting})"
+                f"waiting: {stats.waiting}{holders})"
             )
         return worker
 
@@ -235,4 +246,6 @@ class Lane:
             checkouts=self.checkouts,
             statements=self.statements,
             timeouts=self.timeouts,
+            acquire_wait=self.acquire_wait.snapshot(),
+            usage=self.usage.snapshot(),
         )

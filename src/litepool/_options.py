@@ -30,6 +30,8 @@ DEFAULT_PRAGMAS: Final[Mapping[str, int | str]] = {
 DEFAULT_READERS: Final = 4
 DEFAULT_ACQUIRE_TIMEOUT: Final = 30.0
 DEFAULT_CHUNK_SIZE: Final = 256
+#: The smallest ``wal_max_bytes`` accepted: a few pages.
+MIN_WAL_MAX_BYTES: Final = 64 * 1024
 
 _IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 _PRAGMA_WORD = re.compile(r"[A-Za-z0-9_.+-]+")
@@ -56,6 +58,8 @@ class PoolOptions:
     row_factory: RowFactory | None
     chunk_size: int
     cached_statements: int
+    wal_max_bytes: int | None = None
+    leak_timeout: float | None = None
 
 
 def check_timeout(value: object, what: str) -> float | None:
@@ -75,6 +79,13 @@ def _check_int(value: object, what: str, minimum: int) -> int:
     if value < minimum:
         raise ValueError(f"{what} must be >= {minimum}, got {value!r}")
     return value
+
+
+def _check_leak_timeout(value: object) -> float | None:
+    timeout = check_timeout(value, "leak_timeout")
+    if timeout == 0:
+        raise ValueError("leak_timeout must be > 0 seconds or None, got 0")
+    return timeout
 
 
 def _render_pragma(name: object, value: object) -> str:
@@ -123,6 +134,8 @@ def make_options(
     name: object,
     chunk_size: object,
     cached_statements: object,
+    wal_max_bytes: object = None,
+    leak_timeout: object = None,
 ) -> PoolOptions:
     if isinstance(database, os.PathLike):
         database = os.fspath(database)
@@ -167,6 +180,10 @@ def make_options(
         row_factory=row_factory,
         chunk_size=_check_int(chunk_size, "chunk_size", 1),
         cached_statements=_check_int(cached_statements, "cached_statements", 0),
+        wal_max_bytes=None
+        if wal_max_bytes is None
+        else _check_int(wal_max_bytes, "wal_max_bytes", MIN_WAL_MAX_BYTES),
+        leak_timeout=_check_leak_timeout(leak_timeout),
     )
 
 

@@ -7,6 +7,7 @@ import functools
 import os
 import sqlite3
 from collections.abc import Callable, Iterable, Mapping
+from time import monotonic
 from types import TracebackType
 from typing import Any, Final
 
@@ -14,6 +15,8 @@ import anyio
 import anyio.to_thread
 from anyio.abc import TaskGroup
 
+from . import _fork
+from ._backup import DEFAULT_BACKUP_PAGES, Progress, Target, backup, check_backup_args
 from ._bridge import Bridge, current_bridge
 from ._connection import (
     CONNECTION,
@@ -31,8 +34,18 @@ from ._connection import (
     fetchval_job,
     in_transaction,
 )
-from ._errors import PoolClosed, TransactionAborted
+from ._errors import PoolClosed, PoolForked, TransactionAborted
+from ._housekeeping import (
+    DEFAULT_WAL_MAX_BYTES,
+    CheckpointResult,
+    Housekeeper,
+    WalState,
+    check_mode,
+    checkpoint_job,
+    optimize_job,
+)
 from ._lane import Lane
+from ._leaks import LeakTracker
 from ._options import (
     DEFAULT_ACQUIRE_TIMEOUT,
     DEFAULT_CHUNK_SIZE,
@@ -67,6 +80,8 @@ def open_pool(
     name: str | None = None,
     chunk_size: int = DEFAULT_CHUNK_SIZE,
     cached_statements: int = 128,
+    wal_max_bytes: int | None = DEFAULT_WAL_MAX_BYTES,
+    leak_timeout: float | None = None,
 ) -> Pool:
     """Describe a pool; ``async with`` it to open it. Arguments are checked right here.
 
@@ -85,6 +100,14 @@ def open_pool(
     :param name: the pool's name in errors, logs and statistics.
     :param chunk_size: rows per round trip for :meth:`Connection.iterate`.
     :param cached_statements: prepared statements cached per connection.
+    :param wal_max_bytes: the size, in bytes, that the pool's housekeeper keeps the WAL
+        file under, with checkpoints after writes that escalate as the WAL grows (see
+        :meth:`Pool.checkpoint` and the operations guide). ``None`` turns housekeeping
+        off, leaving checkpoints to SQLite's own automatic ones. At least 64 KiB.
+    :param leak_timeout: seconds after which a checkout still held is logged as a
+        possible leak on the ``litepool`` logger, with its task's name and the stack
+        where it was checked out (logged again when it comes back). ``None`` (the
+        default) records nothing.
     :raises TypeError, ValueError: for a bad argument, naming it.
     """
     options = make_options(
@@ -98,6 +121,8 @@ def open_pool(
         name=name,
         chunk_size=chunk_size,
         cached_statements=cached_statements,
+        wal_max_bytes=wal_max_bytes,
+        leak_timeout=leak_timeout,
     )
     return Pool(options)
 
@@ -106,6 +131,7 @@ class _State(enum.Enum):
     NEW = "new"
     OPEN = "open"
     CLOSED = "closed"
+    FORKED = "forked"  # a copy inherited by a child process through os.fork()
 
 
 class Pool:
@@ -128,6 +154,13 @@ class Pool:
         self._all_stopped: anyio.Event | None = None
         self._read_lane: Lane | None = None
         self._write_lane: Lane | None = None
+        self._pid = 0
+        self._wal = WalState()
+        self._housekeeper: Housekeeper | None = None
+        self._leaks: LeakTracker | None = None
+        self._opened = 0
+        self._closed_connections = 0
+        self._open_roles: set[str] = set()
 
     def __repr__(self) -> str:
         return (
@@ -285,10 +318,66 @@ class Pool:
     def _lane(self, kind: str) -> Lane:
         lane = self._read_lane if kind == READ else self._write_lane
         if lane is None or self._state is not _State.OPEN:
+            if self._state is _State.FORKED:
+                raise self._forked_error()
             raise PoolClosed(
                 f"pool {self.name!r} is not open; use it inside 'async with open_pool(...)'"
             )
         return lane
+
+    # -- operations ------------------------------------------------------------------
+
+    async def checkpoint(
+        self, mode: str = "PASSIVE", *, timeout: float | _Unset | None = _UNSET
+    ) -> CheckpointResult:
+        """Run a WAL checkpoint on the writer now, between two writers.
+
+        :param mode: ``"PASSIVE"`` (copy what no reader needs; never waits),
+            ``"FULL"`` (wait for readers and writers, then copy everything),
+            ``"RESTART"`` (as FULL, then wait until the next writer can start the WAL
+            from its beginning) or ``"TRUNCATE"`` (as RESTART, then cut the WAL file to
+            zero bytes). The waiting modes wait for at most the connection's
+            ``busy_timeout``.
+        :param timeout: how long to wait for the writer (default: ``acquire_timeout``).
+        :returns: ``(busy, log, checkpointed)`` as SQLite reports them; ``busy`` is True
+            if the checkpoint could not finish. On a database that is not in WAL mode,
+            ``(False, -1, -1)``.
+
+        The checkpoint queues behind checkouts of the writer like :meth:`execute`, and
+        cancellation behaves the same way.
+        """
+        mode = check_mode(mode)
+        result: CheckpointResult = await self._statement(
+            WRITE, checkpoint_job, (mode, self._wal), timeout
+        )
+        return result
+
+    async def backup(
+        self,
+        target: Target,
+        *,
+        pages: int = DEFAULT_BACKUP_PAGES,
+        progress: Progress | None = None,
+        timeout: float | _Unset | None = _UNSET,
+    ) -> None:
+        """Copy the database, as one consistent snapshot, while the pool keeps serving.
+
+        :param target: the file to write (created, or overwritten), or an open
+            :class:`sqlite3.Connection` created with ``check_same_thread=False`` (the
+            copy runs on one of the pool's threads).
+        :param pages: pages copied per step; ``-1`` copies everything in one step.
+        :param progress: called on the event loop after each step as
+            ``progress(remaining, total)``, in pages; the next step waits for it to
+            return. An exception it raises stops the copy and is raised here.
+        :param timeout: how long to wait for a reader (default: ``acquire_timeout``).
+
+        The copy holds one reader for its duration and does not block writers.
+        Cancellation stops it after the step that is running; the target is then left
+        incomplete.
+        """
+        target = check_backup_args(target, pages, progress)
+        self._lane(READ)  # fail now if the pool is not open
+        await backup(self, target, pages=pages, progress=progress, timeout=self._timeout(timeout))
 
     # -- introspection ---------------------------------------------------------------
 
@@ -297,6 +386,7 @@ class Pool:
         read, write = self._read_lane, self._write_lane
         if read is None or write is None:
             raise PoolClosed(f"pool {self.name!r} has not been opened")
+        wal = self._wal
         return PoolStatistics(
             name=self.name,
             closed=self.closed,
@@ -304,6 +394,14 @@ class Pool:
             write=write.statistics(),
             interrupted=sum(worker.interrupted for worker in self._workers),
             rollbacks=sum(worker.rollbacks for worker in self._workers),
+            connections_opened=self._opened,
+            connections_closed=self._closed_connections,
+            connections_replaced=0,
+            checkpoints=wal.checkpoints,
+            checkpoints_busy=wal.busy,
+            checkpoint_mode=wal.mode,
+            wal_bytes=wal.wal_bytes,
+            wal_bytes_peak=wal.peak,
         )
 
     # -- life cycle --------------------------------------------------------------------
@@ -315,6 +413,8 @@ class Pool:
                 "entered once"
             )
         self._state = _State.OPEN
+        self._pid = os.getpid()
+        _fork.register(self)
         bridge = self._bridge = current_bridge()
         options = self._options
         writer = self._new_worker(bridge, "writer", writer=True)
@@ -335,13 +435,48 @@ class Pool:
             await self._start_workers(task_group, bridge, readers)
         except BaseException as exc:
             self._state = _State.CLOSED
+            _fork.unregister(self)
             await self._stop_workers()
             if isinstance(exc, sqlite3.Error):
                 exc.add_note(f"while opening pool {self.name!r} on {options.database!r}")
             raise
-        self._write_lane = Lane(WRITE, self.name, [writer], bridge)
-        self._read_lane = Lane(READ, self.name, readers, bridge)
+        write_lane = self._write_lane = Lane(WRITE, self.name, [writer], bridge)
+        read_lane = self._read_lane = Lane(READ, self.name, readers, bridge)
+        self._start_operations(task_group, bridge, read_lane, write_lane)
         return self
+
+    def _start_operations(
+        self, task_group: TaskGroup, bridge: Bridge, read_lane: Lane, write_lane: Lane
+    ) -> None:
+        """Start the housekeeper and the leak tracker, if the options ask for them."""
+        options = self._options
+        if options.wal_max_bytes is not None:
+            housekeeper = self._housekeeper = Housekeeper(
+                self.name, write_lane, bridge, self._wal, options.wal_max_bytes
+            )
+            task_group.start_soon(housekeeper.run, name=f"litepool[{self.name}] housekeeper")
+        if options.leak_timeout is not None:
+            leaks = self._leaks = LeakTracker(self.name, options.leak_timeout)
+            read_lane.holders = functools.partial(leaks.holders, READ)
+            write_lane.holders = functools.partial(leaks.holders, WRITE)
+            task_group.start_soon(leaks.run, name=f"litepool[{self.name}] leak detection")
+
+    def _forked_error(self) -> PoolForked:
+        return PoolForked(
+            f"pool {self.name!r} was opened in process {self._pid}; this is process "
+            f"{os.getpid()}, a child created by os.fork(), which must not use its parent's "
+            "SQLite connections. Open a new pool in the child."
+        )
+
+    def _after_fork(self) -> None:
+        """In a child process just forked: refuse every use, touch no connection."""
+        if self._state is not _State.OPEN:
+            return
+        self._state = _State.FORKED
+        for lane in (self._read_lane, self._write_lane):
+            if lane is not None:
+                lane.closed = True
+        _fork.abandon(self._workers)
 
     async def __aexit__(
         self,
@@ -349,8 +484,18 @@ class Pool:
         exc: BaseException | None,
         traceback: TracebackType | None,
     ) -> None:
+        if self._state is _State.FORKED:
+            raise self._forked_error()
         self._state = _State.CLOSED
-        for lane in (self._read_lane, self._write_lane):
+        _fork.unregister(self)
+        for task in (self._housekeeper, self._leaks):
+            if task is not None:
+                task.stop()
+        write_lane = self._write_lane
+        if write_lane is not None and write_lane.idle:
+            # Queued ahead of the stop, not awaited: it runs before the writer closes.
+            write_lane.workers[0].submit(Job(optimize_job, interruptible=False))
+        for lane in (self._read_lane, write_lane):
             if lane is not None:
                 lane.close()
         await self._stop_workers()
@@ -394,12 +539,17 @@ class Pool:
             await bridge.wait(worker, job)
             if job.error is not None:
                 raise job.error
+            self._opened += 1
+            self._open_roles.add(worker.role)
 
     async def _serve(self, worker: Worker) -> None:
         self._running += 1
         try:
             await anyio.to_thread.run_sync(worker.run, limiter=self._thread_limiter)
         finally:
+            if worker.role in self._open_roles:
+                self._open_roles.discard(worker.role)
+                self._closed_connections += 1
             self._running -= 1
             if not self._running:
                 assert self._all_stopped is not None
@@ -410,7 +560,7 @@ class Checkout:
     """The ``async with`` target returned by :meth:`Pool.read`, :meth:`Pool.write` and
     :meth:`Pool.connection`; it yields a :class:`Connection`."""
 
-    __slots__ = ("_conn", "_kind", "_lane", "_pool", "_timeout")
+    __slots__ = ("_conn", "_kind", "_lane", "_pool", "_start", "_timeout")
 
     def __init__(self, pool: Pool, kind: str, timeout: float | None) -> None:
         self._pool = pool
@@ -418,14 +568,26 @@ class Checkout:
         self._timeout = timeout
         self._lane: Lane | None = None
         self._conn: Connection | None = None
+        self._start = 0.0
 
     async def __aenter__(self) -> Connection:
         if self._lane is not None:
             raise RuntimeError("a checkout can be entered once; call pool.read() again")
         pool = self._pool
         lane = self._lane = pool._lane(self._kind)
-        worker = await lane.acquire(self._timeout)
+        # One clock read when a connection is free; two when the checkout has to wait.
+        if lane.idle and not lane.waiting:
+            worker = await lane.acquire(self._timeout)
+            start = self._start = monotonic()
+            lane.acquire_wait.counts[0] += 1
+        else:
+            began = monotonic()
+            worker = await lane.acquire(self._timeout)
+            start = self._start = monotonic()
+            lane.acquire_wait.add(start - began)
         lane.checkouts += 1
+        if pool._leaks is not None:
+            pool._leaks.add(self, self._kind, start)
         assert pool._bridge is not None
         conn = self._conn = Connection(
             worker, pool._bridge, self._kind, pool.name, pool._options.chunk_size
@@ -441,6 +603,10 @@ class Checkout:
         conn, lane = self._conn, self._lane
         assert conn is not None
         assert lane is not None
+        now = monotonic()
+        lane.usage.add(now - self._start)
+        if self._pool._leaks is not None:
+            self._pool._leaks.remove(self, now)
         worker = conn._detach()
         if self._kind == WRITE and exc_type is None and not conn._begin_pending:
             if conn._dirty or conn._inflight:

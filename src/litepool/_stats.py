@@ -2,7 +2,57 @@
 
 from __future__ import annotations
 
+from bisect import bisect_left
 from dataclasses import dataclass
+from typing import Final
+
+#: Upper bounds, in seconds, of the buckets of every :class:`Histogram`. A value lands in
+#: the first bucket whose bound is greater than or equal to it; one last bucket, with no
+#: bound, counts everything above 10 s.
+HISTOGRAM_BOUNDS: Final[tuple[float, ...]] = (0.0001, 0.001, 0.01, 0.1, 1.0, 10.0)
+
+
+class Recorder:
+    """A histogram being filled, on the event loop only (no locking, no allocation)."""
+
+    __slots__ = ("counts", "total")
+
+    def __init__(self) -> None:
+        self.counts = [0] * (len(HISTOGRAM_BOUNDS) + 1)
+        self.total = 0.0
+
+    def add(self, seconds: float) -> None:
+        self.counts[bisect_left(HISTOGRAM_BOUNDS, seconds)] += 1
+        self.total += seconds
+
+    def add_zero(self) -> None:
+        self.counts[0] += 1
+
+    def snapshot(self) -> Histogram:
+        return Histogram(HISTOGRAM_BOUNDS, tuple(self.counts), self.total)
+
+
+@dataclass(frozen=True, slots=True)
+class Histogram:
+    """Durations counted per bucket.
+
+    ``counts[i]`` counts the durations ``d`` with ``bounds[i - 1] < d <= bounds[i]``
+    (``counts[0]`` those up to ``bounds[0]``, zero included); the last count, one more
+    than there are bounds, those above ``bounds[-1]``. The bounds are fixed:
+    :data:`litepool.HISTOGRAM_BOUNDS`, 100 µs, 1 ms, 10 ms, 100 ms, 1 s and 10 s.
+    """
+
+    bounds: tuple[float, ...]
+    """Upper bound of each bucket but the last, in seconds."""
+    counts: tuple[int, ...]
+    """How many durations fell in each bucket; ``len(bounds) + 1`` entries."""
+    total: float
+    """The sum of every duration counted, in seconds (for a mean: ``total / count``)."""
+
+    @property
+    def count(self) -> int:
+        """How many durations were counted."""
+        return sum(self.counts)
 
 
 @dataclass(frozen=True, slots=True)
@@ -24,6 +74,14 @@ class LaneStatistics:
     ``pool.execute()``, ...) since the pool opened."""
     timeouts: int
     """Checkouts that failed with :class:`~litepool.PoolTimeout`."""
+    acquire_wait: Histogram
+    """How long each successful checkout (``pool.read()``, ``pool.write()``,
+    ``pool.connection()``) waited for its connection; one that found a connection free
+    counts as zero. Single statements are not counted."""
+    usage: Histogram
+    """How long each checkout held its connection, from getting it to the end of its
+    ``async with`` block's body (the COMMIT of ``pool.write()``, which follows, is not
+    included)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -45,6 +103,26 @@ class PoolStatistics:
     """Transactions rolled back because their connection came back with one open, or
     because their COMMIT failed. Counted on the worker thread when the ROLLBACK has run,
     which is queued ahead of the connection's next statement but not awaited."""
+    connections_opened: int
+    """SQLite connections opened since the pool opened (the writer and the readers)."""
+    connections_closed: int
+    """SQLite connections closed: when the pool closes, or when one is replaced."""
+    connections_replaced: int
+    """Connections closed and opened again while the pool was open (none so far: the
+    pool keeps its connections for its whole life)."""
+    checkpoints: int
+    """WAL checkpoints run by the housekeeper and by :meth:`Pool.checkpoint`."""
+    checkpoints_busy: int
+    """Those of them that could not finish (SQLite reported them busy: a reader still
+    used the part of the WAL they needed); the housekeeper tries again later."""
+    checkpoint_mode: str | None
+    """The mode of the last checkpoint (``"PASSIVE"``, ``"FULL"``, ``"RESTART"`` or
+    ``"TRUNCATE"``), or None if none has run."""
+    wal_bytes: int | None
+    """Size in bytes of the WAL file as the last checkpoint left it, or None if no
+    checkpoint has run (or the database is not in WAL mode)."""
+    wal_bytes_peak: int | None
+    """The largest WAL file size, in bytes, that a checkpoint found before it ran."""
 
     @property
     def readers(self) -> int:
