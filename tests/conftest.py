@@ -124,3 +124,104 @@ class CancellableTask:
 @pytest.fixture(params=["scope", "native"])
 def cancel_how(request: pytest.FixtureRequest) -> str:
     return str(request.param)
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption(
+        "--long",
+        action="store_true",
+        default=False,
+        help="run the long versions of the stress tests (state machine, storm, soak, crash)",
+    )
+
+
+@pytest.fixture
+def long_run(request: pytest.FixtureRequest) -> bool:
+    """True under ``pytest --long``: the stress tests scale up from seconds to minutes."""
+    return bool(request.config.getoption("--long"))
+
+
+class LoopWatchdog:
+    """Turns an event loop that stops turning into a test failure instead of a hang.
+
+    While ``async with watchdog:`` runs, a task of the loop beats every 50 ms and a thread
+    watches the beat. When the loop has been silent for ``limit`` seconds, the thread
+    records it and interrupts every SQLite statement running on the watched connections
+    (handed to it through ``open_pool(configure=watchdog.chain(...))``): a loop thread
+    blocked on the lock of one of those connections can then go on, and the block fails
+    saying that the loop froze.
+    """
+
+    def __init__(self, limit: float = 10.0) -> None:
+        import time
+
+        self.limit = limit
+        self.connections: list[sqlite3.Connection] = []
+        self.froze_for: float | None = None
+        self._beat = time.monotonic()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._task_group: anyio.abc.TaskGroup | None = None
+
+    def configure(self, conn: sqlite3.Connection) -> None:
+        self.connections.append(conn)
+
+    def chain(self, *others: Setup) -> Setup:
+        """A ``configure`` callback that registers the connection, then calls ``others``."""
+
+        def configure(conn: sqlite3.Connection) -> None:
+            self.configure(conn)
+            for other in others:
+                other(conn)
+
+        return configure
+
+    def _watch(self) -> None:
+        import contextlib
+        import time
+
+        while not self._stop.wait(0.05):
+            silent = time.monotonic() - self._beat
+            if silent > self.limit:
+                self.froze_for = max(self.froze_for or 0.0, silent)
+                for conn in list(self.connections):
+                    with contextlib.suppress(sqlite3.Error):  # already closed
+                        conn.interrupt()
+                self._beat = time.monotonic()
+
+    async def _heartbeat(self) -> None:
+        import time
+
+        while True:
+            self._beat = time.monotonic()
+            await anyio.sleep(0.05)
+
+    def check(self) -> None:
+        assert self.froze_for is None, (
+            f"the event loop stopped turning for {self.froze_for:.1f} s (then the watchdog "
+            "interrupted the pool's statements to let it go on)"
+        )
+
+    async def __aenter__(self) -> LoopWatchdog:
+        import time
+
+        self._beat = time.monotonic()
+        self._stop.clear()
+        self._thread = threading.Thread(target=self._watch, name="loop watchdog", daemon=True)
+        self._thread.start()
+        self._task_group = anyio.create_task_group()
+        await self._task_group.__aenter__()
+        self._task_group.start_soon(self._heartbeat)
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        assert self._task_group is not None
+        assert self._thread is not None
+        self._task_group.cancel_scope.cancel()
+        try:
+            await self._task_group.__aexit__(None, None, None)
+        finally:
+            self._stop.set()
+            self._thread.join()
+            self.connections.clear()
+        self.check()

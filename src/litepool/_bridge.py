@@ -79,6 +79,14 @@ class Bridge:
         """Whether the owning event loop and the interpreter still exist."""
         raise NotImplementedError
 
+    def call_soon(self, fn: Callable[..., object], *args: Any) -> bool:
+        """Thread side: run ``fn(*args)`` on the loop soon; False if the loop is gone."""
+        try:
+            self._call_soon(functools.partial(fn, *args))
+        except Exception:  # the loop is closed (asyncio) or its run finished (trio)
+            return False
+        return True
+
     # -- event loop side ---------------------------------------------------------------
 
     def _drain(self) -> None:

@@ -42,53 +42,73 @@ class ExecuteResult:
 # -- job functions: run on the worker thread, first argument is the worker ----------
 
 
+# Every job closes its cursor in ``finally``: a cursor left to the garbage collector may
+# be finalized on another thread, which then waits for this connection's lock (held for
+# as long as its next statement runs) and keeps the statement's snapshot meanwhile.
+
+
 def execute_job(worker: Worker, sql: str, params: Params) -> ExecuteResult:
-    cursor = worker.conn.execute(sql, params)  # type: ignore[union-attr]
-    result = ExecuteResult(cursor.rowcount, cursor.lastrowid)
-    cursor.close()
-    return result
+    cursor = worker.conn.cursor()  # type: ignore[union-attr]
+    try:
+        cursor.execute(sql, params)
+        return ExecuteResult(cursor.rowcount, cursor.lastrowid)
+    finally:
+        cursor.close()
 
 
 def executemany_job(worker: Worker, sql: str, seq: Iterable[Params]) -> ExecuteResult:
-    cursor = worker.conn.executemany(sql, seq)  # type: ignore[union-attr]
-    result = ExecuteResult(cursor.rowcount, cursor.lastrowid)
-    cursor.close()
-    return result
+    cursor = worker.conn.cursor()  # type: ignore[union-attr]
+    try:
+        cursor.executemany(sql, seq)
+        return ExecuteResult(cursor.rowcount, cursor.lastrowid)
+    finally:
+        cursor.close()
 
 
 def _executescript(worker: Worker, script: str) -> None:
     # sqlite3's executescript() commits a pending transaction first, which would end
     # pool.write()'s transaction behind its back; run the statements one by one instead.
-    conn = worker.conn
-    assert conn is not None
-    for statement in split_script(script):
-        conn.execute(statement).close()
+    cursor = worker.conn.cursor()  # type: ignore[union-attr]
+    try:
+        for statement in split_script(script):
+            cursor.execute(statement)
+    finally:
+        cursor.close()
 
 
 def fetchone_job(worker: Worker, sql: str, params: Params) -> Any:
-    cursor = worker.conn.execute(sql, params)  # type: ignore[union-attr]
-    row = cursor.fetchone()
-    cursor.close()
-    return row
+    cursor = worker.conn.cursor()  # type: ignore[union-attr]
+    try:
+        return cursor.execute(sql, params).fetchone()
+    finally:
+        cursor.close()
 
 
 def fetchall_job(worker: Worker, sql: str, params: Params) -> list[Any]:
-    cursor = worker.conn.execute(sql, params)  # type: ignore[union-attr]
-    rows = cursor.fetchall()
-    cursor.close()
-    return rows
+    cursor = worker.conn.cursor()  # type: ignore[union-attr]
+    try:
+        return cursor.execute(sql, params).fetchall()
+    finally:
+        cursor.close()
 
 
 def fetchval_job(worker: Worker, sql: str, params: Params) -> Any:
     cursor = worker.conn.cursor()  # type: ignore[union-attr]
-    cursor.row_factory = None  # the first column, whatever the pool's row factory
-    row = cursor.execute(sql, params).fetchone()
-    cursor.close()
+    try:
+        cursor.row_factory = None  # the first column, whatever the pool's row factory
+        row = cursor.execute(sql, params).fetchone()
+    finally:
+        cursor.close()
     return None if row is None else row[0]
 
 
 def _iter_open(worker: Worker, key: int, sql: str, params: Params, size: int) -> list[Any]:
-    worker.cursors[key] = worker.conn.execute(sql, params)  # type: ignore[union-attr]
+    cursor = worker.cursors[key] = worker.conn.cursor()  # type: ignore[union-attr]
+    try:
+        cursor.execute(sql, params)
+    except BaseException:
+        _iter_close(worker, key)
+        raise
     return _iter_next(worker, key, size)
 
 
@@ -138,7 +158,9 @@ def _begin_then(worker: Worker, fn: Callable[..., Any], args: tuple[Any, ...]) -
     # BEGIN IMMEDIATE rides with the transaction's first statement: one round trip saved.
     # IMMEDIATE takes the write lock now, so a read-modify-write cannot lose an update and
     # a conflict waits on the busy timeout instead of failing with SQLITE_BUSY_SNAPSHOT.
+    worker.begin_failed = True
     worker.conn.execute("BEGIN IMMEDIATE")  # type: ignore[union-attr]
+    worker.begin_failed = False
     return fn(worker, *args)
 
 
@@ -198,6 +220,7 @@ class Connection:
     """
 
     __slots__ = (
+        "_aborted",
         "_begin_pending",
         "_bridge",
         "_dirty",
@@ -220,6 +243,8 @@ class Connection:
         self._inflight = 0
         self._iterators = 0
         self._dirty = False
+        # Set once a pool.write() transaction can no longer commit: the reason.
+        self._aborted: str | None = None
         self.chunk_size = chunk_size
 
     def __repr__(self) -> str:
@@ -252,12 +277,8 @@ class Connection:
                     "which was created by os.fork(); its connections cannot be used here"
                 )
             raise PoolClosed(f"pool {self._pool_name!r} is closed")
-        if self._dirty and self._kind == WRITE:
-            raise TransactionAborted(
-                f"a statement of this pool.write() transaction (pool {self._pool_name!r}) "
-                "was cancelled, so whether it ran is unknown; the transaction will be rolled "
-                "back when the block ends"
-            )
+        if self._aborted is not None:
+            raise TransactionAborted(self._aborted)
         return worker
 
     async def _call(self, fn: Callable[..., Any], *args: Any, interruptible: bool = True) -> Any:
@@ -276,14 +297,33 @@ class Connection:
             # Cancelled: the job may still be running, so its outcome and the
             # connection's state are unknown until the worker has finished it.
             self._dirty = True
+            if self._kind == WRITE:
+                self._aborted = (
+                    f"a statement of this pool.write() transaction (pool "
+                    f"{self._pool_name!r}) was cancelled, so whether it ran is unknown; the "
+                    "transaction is rolled back when the block ends"
+                )
             raise
         finally:
             self._inflight -= 1
         error = job.error
         if error is not None:
             job.error = None
-            if began and worker.conn is not None and not worker.conn.in_transaction:
-                self._begin_pending = True  # BEGIN itself failed: try again next call
+            if began and worker.begin_failed:
+                # BEGIN itself failed (another process held the lock past the busy
+                # timeout): nothing has run, so the next call may simply try again.
+                self._begin_pending = True
+            elif self._kind == WRITE and not (
+                worker.conn is not None and worker.conn.in_transaction
+            ):
+                # SQLite rolled the whole transaction back on this error (disk full, I/O
+                # error, a ROLLBACK conflict clause): statements after it would each
+                # commit on their own, so the block may not go on.
+                self._aborted = (
+                    f"the pool.write() transaction of pool {self._pool_name!r} ended when a "
+                    f"statement failed ({type(error).__name__}: {error}); nothing of it was "
+                    "committed. Leave the block and run the transaction again"
+                )
             raise error
         return job.result
 

@@ -150,7 +150,7 @@ class Pool:
         self._bridge: Bridge | None = None
         self._task_group: TaskGroup | None = None
         self._workers: list[Worker] = []
-        self._running = 0
+        self._threads = 0  # worker threads started and not yet returned
         self._all_stopped: anyio.Event | None = None
         self._read_lane: Lane | None = None
         self._write_lane: Lane | None = None
@@ -504,16 +504,27 @@ class Pool:
         """Stop every worker, wait for its thread to return, then leave the task group."""
         for worker in self._workers:
             worker.stop()
-        assert self._all_stopped is not None
+        all_stopped = self._all_stopped
+        assert all_stopped is not None
         assert self._task_group is not None
-        try:
-            if self._running:
+        interrupted: BaseException | None = None
+        while self._threads:
+            try:
                 with anyio.CancelScope(shield=True):
-                    await self._all_stopped.wait()
-        finally:
-            # Every child has returned, so this does not wait. The body's exception is not
-            # passed in: the task group would wrap it in an ExceptionGroup on trio.
+                    await all_stopped.wait()
+            except BaseException as exc:
+                # A native asyncio cancellation (as at asyncio.run's shutdown) goes through
+                # shields. The threads are stopping: wait for them all the same, then
+                # raise it.
+                interrupted = interrupted or exc
+        try:
+            # Every thread has returned, so this does not wait for them. The body's
+            # exception is not passed in: the task group would wrap it in an
+            # ExceptionGroup on trio.
             await self._task_group.__aexit__(None, None, None)
+        finally:
+            if interrupted is not None:
+                raise interrupted
 
     def _new_worker(self, bridge: Bridge, role: str, *, writer: bool) -> Worker:
         options = self._options
@@ -534,6 +545,8 @@ class Pool:
             worker.submit(job)
             jobs.append(job)
             self._workers.append(worker)
+            self._threads += 1
+            worker.on_exit = functools.partial(bridge.call_soon, self._thread_exited)
             task_group.start_soon(self._serve, worker, name=worker.thread_name)
         for worker, job in zip(workers, jobs, strict=True):
             await bridge.wait(worker, job)
@@ -543,17 +556,23 @@ class Pool:
             self._open_roles.add(worker.role)
 
     async def _serve(self, worker: Worker) -> None:
-        self._running += 1
         try:
             await anyio.to_thread.run_sync(worker.run, limiter=self._thread_limiter)
         finally:
-            if worker.role in self._open_roles:
-                self._open_roles.discard(worker.role)
-                self._closed_connections += 1
-            self._running -= 1
-            if not self._running:
-                assert self._all_stopped is not None
-                self._all_stopped.set()
+            # Normally the thread has returned and reported it. If this task was
+            # cancelled natively before the thread took up worker.run, it never will.
+            if worker.abandon():
+                self._thread_exited(worker)
+
+    def _thread_exited(self, worker: Worker) -> None:
+        """Loop side: ``worker``'s thread has returned (or will never run)."""
+        if worker.role in self._open_roles:
+            self._open_roles.discard(worker.role)
+            self._closed_connections += 1
+        self._threads -= 1
+        if not self._threads:
+            assert self._all_stopped is not None
+            self._all_stopped.set()
 
 
 class Checkout:
@@ -609,11 +628,12 @@ class Checkout:
             self._pool._leaks.remove(self, now)
         worker = conn._detach()
         if self._kind == WRITE and exc_type is None and not conn._begin_pending:
-            if conn._dirty or conn._inflight:
+            if conn._aborted is not None or conn._inflight:
                 self._release(lane, worker, conn)
                 raise TransactionAborted(
-                    f"pool {self._pool.name!r}: the pool.write() transaction was rolled "
-                    "back because a statement in it was cancelled"
+                    conn._aborted
+                    or f"pool {self._pool.name!r}: the pool.write() transaction was rolled "
+                    "back because a statement was still running when its block ended"
                 )
             if worker.stopping:
                 lane.release(worker)

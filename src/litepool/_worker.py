@@ -17,6 +17,7 @@ import queue
 import sqlite3
 import threading
 import time
+import traceback
 from collections.abc import Callable
 from typing import Any, Final
 
@@ -79,12 +80,17 @@ class Worker:
         "_lock",
         "_opener",
         "_post",
+        "_start_lock",
+        "abandoned",
+        "begin_failed",
         "conn",
         "cursors",
         "held",
         "interrupted",
+        "on_exit",
         "progress",
         "queued",
+        "ran",
         "role",
         "rollbacks",
         "stopping",
@@ -110,6 +116,17 @@ class Worker:
         self._current: Job | None = None
         # Finished jobs not yet posted: answered together, one wake-up of the loop.
         self._finished: list[Job] = []
+        # Whether run() started on a thread, or never will: the pool must know which of
+        # its threads are still to return, even when the task awaiting one is cancelled
+        # natively (asyncio shutdown) and no longer learns when it does.
+        self._start_lock = threading.Lock()
+        self.ran = False
+        self.abandoned = False
+        # Thread side, read by the loop once the job is done: whether a transaction's
+        # BEGIN failed (as opposed to a statement after it).
+        self.begin_failed = False
+        #: Called on the thread as the very last thing run() does.
+        self.on_exit: Callable[[Worker], object] | None = None
         self.conn: sqlite3.Connection | None = None
         # Open cursors of ``Connection.iterate``, keyed by iterator id. Thread-side only.
         self.cursors: dict[int, sqlite3.Cursor] = {}
@@ -155,6 +172,10 @@ class Worker:
 
     def run(self) -> None:
         """The thread's body: serve jobs (the first opens the connection) until stopped."""
+        with self._start_lock:
+            if self.abandoned:
+                return
+            self.ran = True
         thread = threading.current_thread()
         previous_name = thread.name
         thread.name = self.thread_name
@@ -165,6 +186,17 @@ class Worker:
             if conn is not None:
                 self._close(conn)
             thread.name = previous_name
+            if self.on_exit is not None:
+                self.on_exit(self)
+
+    def abandon(self) -> bool:
+        """Loop side, once the call that was to run :meth:`run` has ended: True if run()
+        never started, and now never will."""
+        with self._start_lock:
+            if self.ran:
+                return False
+            self.abandoned = True
+            return True
 
     def current_cancelled(self) -> bool:
         """Thread side: whether the caller of the running job has been cancelled."""
@@ -231,7 +263,7 @@ class Worker:
         try:
             job.result = job.fn(self, *job.args)
         except BaseException as exc:
-            job.error = exc
+            job.error = _detached(exc)
         finally:
             with lock:
                 self._current = None
@@ -251,6 +283,24 @@ class Worker:
             conn.close()
         except sqlite3.Error:
             logger.exception("%s: closing the connection failed", self.thread_name)
+
+
+def _detached(exc: BaseException) -> BaseException:
+    """``exc`` without this thread's frames' locals, ready to be raised on the loop.
+
+    The frames of the job that raised it may hold SQLite objects (a cursor mid-statement
+    in a user's ``run_sync`` function, say). Clearing them here finalizes those objects
+    on their own thread; left in the traceback, they would be finalized by whichever
+    thread collects them, which then blocks on this connection. Our own frame is dropped
+    from the traceback: it refers back to the job that holds the exception.
+    """
+    tb = exc.__traceback__
+    if tb is not None:
+        tb = tb.tb_next
+        if tb is not None:
+            traceback.clear_frames(tb)
+        exc.__traceback__ = tb
+    return exc
 
 
 class _SkippedJob(Exception):
