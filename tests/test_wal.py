@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import sqlite3
 from pathlib import Path
@@ -273,3 +274,20 @@ async def test_closing_runs_pragma_optimize_on_the_writer(db_path: str) -> None:
         ).fetchone()
     check.close()
     assert analyzed == (1,)
+
+
+async def test_housekeeping_works_with_any_row_factory(
+    db_path: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The housekeeper reads pragmas as plain tuples whatever the pool's row factory."""
+    async with litepool.open_pool(db_path, readers=1, row_factory=dict) as pool:
+        await pool.execute("CREATE TABLE t (x)")
+        await pool.execute("INSERT INTO t VALUES (1)")
+        result = await pool.checkpoint("TRUNCATE")
+        assert result.busy is False
+        assert pool.statistics().checkpoints >= 1
+        target = db_path + ".copy"
+        await pool.backup(target)
+    async with litepool.open_pool(target, readers=1, row_factory=dict) as copy:
+        assert await copy.fetchall("SELECT x FROM t") == [{"x": 1}]
+    assert not [record for record in caplog.records if record.levelno >= logging.WARNING]

@@ -19,6 +19,7 @@ from ._errors import (
     PoolTimeout,
     TransactionAborted,
 )
+from ._generic import SQLiteConnectionPool
 from ._housekeeping import CheckpointResult
 from ._options import DEFAULT_PRAGMAS, dict_row
 from ._pool import Checkout, Pool, open_pool
@@ -43,6 +44,7 @@ __all__ = [
     "PoolStatistics",
     "PoolTimeout",
     "Rows",
+    "SQLiteConnectionPool",
     "TransactionAborted",
     "__version__",
     "dict_row",

@@ -163,6 +163,7 @@ def _add_bench(commands: Any) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    """The ``litepool`` command line: its ``demo`` and ``bench`` subcommands."""
     parser = argparse.ArgumentParser(
         prog="litepool",
         description="litepool: a structured-concurrency SQLite connection pool for anyio.",
@@ -212,6 +213,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Run the command line with ``argv`` (default: ``sys.argv[1:]``); the exit code."""
     if argv is None:
         argv = sys.argv[1:]
     args = build_parser().parse_args(argv)

@@ -68,12 +68,16 @@ def backup_job(
     assert conn is not None
     destination = sqlite3.connect(target) if isinstance(target, str) else target
     try:
-        journal = conn.execute("PRAGMA journal_mode").fetchone()
-        pinned = str(journal[0]).lower() == "wal"
-        if pinned:
-            # One read snapshot for every step: the copy is consistent and never restarts.
-            conn.execute("BEGIN")
-            conn.execute("SELECT count(*) FROM sqlite_master").fetchall()
+        cursor = conn.cursor()
+        try:
+            cursor.row_factory = None  # plain tuples, whatever the pool's row factory
+            pinned = str(cursor.execute("PRAGMA journal_mode").fetchone()[0]).lower() == "wal"
+            if pinned:
+                # One read snapshot for every step: the copy is consistent, never restarts.
+                cursor.execute("BEGIN")
+                cursor.execute("SELECT count(*) FROM sqlite_master").fetchall()
+        finally:
+            cursor.close()
 
         def step_done(status: int, remaining: int, total: int) -> None:
             if worker.current_cancelled():

@@ -245,7 +245,7 @@ class Connection:
         self._dirty = False
         # Set once a pool.write() transaction can no longer commit: the reason.
         self._aborted: str | None = None
-        self.chunk_size = chunk_size
+        self.chunk_size: int = chunk_size
 
     def __repr__(self) -> str:
         state = "released" if self._worker is None else "active"

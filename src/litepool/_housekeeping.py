@@ -38,7 +38,7 @@ import logging
 import os
 import sqlite3
 from collections.abc import Iterator
-from typing import TYPE_CHECKING, Final, NamedTuple
+from typing import TYPE_CHECKING, Any, Final, NamedTuple
 
 import anyio
 
@@ -116,10 +116,20 @@ def check_mode(mode: object) -> str:
 # -- job functions: run on the writer's thread ------------------------------------------
 
 
+def _rows(conn: sqlite3.Connection, sql: str) -> list[tuple[Any, ...]]:
+    """Plain tuples, whatever the pool's row factory, with the cursor closed here."""
+    cursor = conn.cursor()
+    try:
+        cursor.row_factory = None
+        return cursor.execute(sql).fetchall()
+    finally:
+        cursor.close()
+
+
 def _resolve(conn: sqlite3.Connection, state: WalState) -> None:
-    journal = conn.execute("PRAGMA journal_mode").fetchone()[0]
+    journal = _rows(conn, "PRAGMA journal_mode")[0][0]
     if str(journal).lower() == "wal":
-        for _, name, filename in conn.execute("PRAGMA database_list").fetchall():
+        for _, name, filename in _rows(conn, "PRAGMA database_list"):
             if name == "main" and filename:
                 state.wal_path = filename + "-wal"
     state.resolved = True  # last: the loop reads wal_path once this is set
@@ -135,10 +145,7 @@ def _wal_size(state: WalState) -> int | None:
 
 
 def _run_checkpoint(conn: sqlite3.Connection, mode: str, state: WalState) -> CheckpointResult:
-    cursor = conn.cursor()
-    cursor.row_factory = None  # plain tuples, whatever the pool's row factory
-    busy, log, done = cursor.execute(f"PRAGMA wal_checkpoint({mode})").fetchone()
-    cursor.close()
+    busy, log, done = _rows(conn, f"PRAGMA wal_checkpoint({mode})")[0]
     result = CheckpointResult(bool(busy), log, done)
     state.wal_bytes = _wal_size(state)
     state.busy += result.busy
@@ -149,13 +156,13 @@ def _run_checkpoint(conn: sqlite3.Connection, mode: str, state: WalState) -> Che
 
 @contextlib.contextmanager
 def _busy_timeout(conn: sqlite3.Connection, seconds: float) -> Iterator[None]:
-    previous = conn.execute("PRAGMA busy_timeout").fetchone()[0]
+    previous = _rows(conn, "PRAGMA busy_timeout")[0][0]
     wait = min(int(previous), int(seconds * 1000))
-    conn.execute(f"PRAGMA busy_timeout={wait}").fetchall()
+    _rows(conn, f"PRAGMA busy_timeout={wait}")
     try:
         yield
     finally:
-        conn.execute(f"PRAGMA busy_timeout={int(previous)}").fetchall()
+        _rows(conn, f"PRAGMA busy_timeout={int(previous)}")
 
 
 def checkpoint_job(worker: Worker, mode: str, state: WalState) -> CheckpointResult:

@@ -49,6 +49,10 @@ class Waiter:
 
     __slots__ = ("state", "waker", "worker")
 
+    state: int
+    waker: Any
+    worker: Worker | None
+
     def __init__(self) -> None:
         self.state = _WAITING
         self.waker: Any = None

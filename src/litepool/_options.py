@@ -47,6 +47,8 @@ def dict_row(cursor: sqlite3.Cursor, row: tuple[Any, ...]) -> dict[str, Any]:
 
 @dataclass(frozen=True, slots=True)
 class PoolOptions:
+    """Every argument of :func:`litepool.open_pool`, checked and resolved."""
+
     name: str
     database: str  # what sqlite3.connect() receives
     uri: bool

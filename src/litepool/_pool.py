@@ -62,6 +62,8 @@ from ._worker import Job, Worker, commit_or_rollback, reset
 
 
 class _Unset(enum.Enum):
+    """The default of ``timeout=`` arguments: use the pool's ``acquire_timeout``."""
+
     UNSET = enum.auto()
 
 
@@ -108,7 +110,8 @@ def open_pool(
         possible leak on the ``litepool`` logger, with its task's name and the stack
         where it was checked out (logged again when it comes back). ``None`` (the
         default) records nothing.
-    :raises TypeError, ValueError: for a bad argument, naming it.
+    :raises TypeError: for an argument of the wrong type, naming it.
+    :raises ValueError: for an argument out of range, naming it.
     """
     options = make_options(
         database,

@@ -48,6 +48,15 @@ class Job:
 
     __slots__ = ("args", "cancelled", "done", "error", "fn", "interruptible", "result", "waker")
 
+    fn: JobFn
+    args: tuple[Any, ...]
+    interruptible: bool
+    cancelled: bool
+    done: bool
+    result: Any
+    error: BaseException | None
+    waker: Any
+
     def __init__(self, fn: JobFn, args: tuple[Any, ...] = (), interruptible: bool = True) -> None:
         self.fn = fn
         self.args = args
@@ -97,6 +106,20 @@ class Worker:
         "thread_name",
     )
 
+    role: str
+    thread_name: str
+    conn: sqlite3.Connection | None
+    cursors: dict[int, sqlite3.Cursor]
+    stopping: bool
+    queued: int
+    progress: float
+    held: bool
+    interrupted: int
+    rollbacks: int
+    ran: bool
+    abandoned: bool
+    begin_failed: bool
+
     def __init__(
         self,
         role: str,
@@ -143,6 +166,7 @@ class Worker:
     # -- event loop side -------------------------------------------------------------
 
     def submit(self, job: Job) -> None:
+        """Loop side: queue ``job`` behind the jobs already queued."""
         if not self.queued:
             self.progress = time.monotonic()
         self.queued += 1

@@ -1,0 +1,556 @@
+"""A driver-agnostic pool with aiosqlitepool's call shape and litepool's guarantees.
+
+:class:`SQLiteConnectionPool` pools the connections of any async SQLite driver
+(aiosqlite, sqlite-anyio, ...) through a connection factory, and is called the way
+aiosqlitepool's pool of the same name is::
+
+    pool = SQLiteConnectionPool(lambda: aiosqlite.connect("app.db"), pool_size=10)
+    async with pool.connection() as conn:
+        await conn.execute("...")
+    await pool.close()
+
+Checkout works like the lanes of :func:`litepool.open_pool`: an ``anyio.CapacityLimiter``
+with one token per connection decides *who* may take a connection (first come, first
+served, and a token handed to a waiter cancelled in that same step goes on to the next
+waiter), and an idle list, taken from with no await between getting the token and taking
+the connection, decides *which*. A token holder that finds no idle connection creates
+one. Every path that leaves a checkout, normally or by an exception or a cancellation,
+gives the token back.
+"""
+
+from __future__ import annotations
+
+import enum
+import inspect
+import logging
+import math
+from collections import deque
+from collections.abc import Awaitable, Callable
+from contextlib import AbstractAsyncContextManager
+from types import TracebackType
+from typing import Any, Final, Generic, Protocol, TypeVar
+
+import anyio
+from anyio.abc import TaskGroup
+
+from ._errors import PoolClosed, PoolTimeout
+from ._options import check_timeout
+
+logger = logging.getLogger("litepool")
+
+DEFAULT_POOL_SIZE: Final = 5
+DEFAULT_ACQUISITION_TIMEOUT: Final = 30.0
+DEFAULT_IDLE_TIMEOUT: Final = 86400.0
+DEFAULT_OPERATION_TIMEOUT: Final = 10.0
+
+
+class AsyncConnection(Protocol):
+    """What the pool needs from a driver's connection: aiosqlitepool's protocol.
+
+    The pool itself never calls ``execute``: there is no health check. It reads an
+    ``in_transaction`` attribute if the connection has one (see
+    :class:`SQLiteConnectionPool`).
+    """
+
+    def execute(self, *args: Any, **kwargs: Any) -> Any: ...
+
+    def rollback(self) -> Awaitable[object]: ...
+
+    def close(self) -> Awaitable[object]: ...
+
+
+ConnT = TypeVar("ConnT", bound=AsyncConnection)
+
+
+class _Unset(enum.Enum):
+    """The default of ``timeout=``: use the pool's ``acquisition_timeout``."""
+
+    UNSET = enum.auto()
+
+
+_UNSET: Final = _Unset.UNSET
+
+
+def _check_pool_size(value: object) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"pool_size must be an int >= 1, not {value!r}")
+    if value < 1:
+        raise ValueError(f"pool_size must be >= 1, got {value!r}")
+    return value
+
+
+def _transaction_state(conn: object) -> bool | None:
+    """The driver's ``in_transaction``, or None when the driver does not say."""
+    try:
+        value = getattr(conn, "in_transaction", None)
+    except Exception:  # no such attribute, or a closed connection refusing to answer
+        return None
+    return value if isinstance(value, bool) else None
+
+
+class _Idle(Generic[ConnT]):
+    __slots__ = ("conn", "since")
+
+    def __init__(self, conn: ConnT, since: float) -> None:
+        self.conn = conn
+        self.since = since
+
+
+class SQLiteConnectionPool(Generic[ConnT]):
+    """A pool of connections made by ``connection_factory``, with aiosqlitepool's API.
+
+    Replace ``from aiosqlitepool import SQLiteConnectionPool`` with
+    ``from litepool import SQLiteConnectionPool``; the arguments, ``pool.connection()``,
+    ``await pool.close()`` and ``async with pool:`` are used the same way.
+
+    :param connection_factory: an async callable returning a new connection whose
+        ``rollback()`` and ``close()`` are awaitable (aiosqlite, sqlite-anyio, ...).
+        Connections are created on demand, by the checkout that needs one.
+    :param pool_size: the most connections open at once, and so the most checkouts at
+        once; an int >= 1.
+    :param acquisition_timeout: seconds a checkout may wait for a free slot before it
+        raises :class:`~litepool.PoolTimeout`. Fractions are honoured; ``0`` only takes a
+        free slot; ``None`` waits as long as it takes.
+    :param idle_timeout: seconds a returned connection may stay idle before it is
+        closed; ``None`` keeps idle connections open.
+    :param operation_timeout: seconds the pool gives ``connection_factory()`` (then the
+        checkout raises :class:`~litepool.PoolTimeout`) and a connection's ``rollback()``
+        or ``close()``; a connection whose rollback fails or overruns is closed instead
+        of reused. ``None`` waits as long as it takes.
+    :param name: the pool's name in errors and logs; by default the factory's name.
+    :raises TypeError: for an argument of the wrong type, naming it.
+    :raises ValueError: for an argument out of range, naming it.
+
+    **Checkouts.** ``async with pool.connection() as conn`` yields the driver's own
+    connection. Waiting checkouts are served first come, first served. A checkout that
+    finds a free slot and an idle connection does not await at all (and so is not a
+    cancellation point); there is no health-check round trip.
+
+    **Returning a connection.** When the block ends normally and the driver's
+    ``in_transaction`` attribute says no transaction is open (aiosqlite has one), the
+    connection goes back to the pool without any round trip. Otherwise (a transaction is
+    open, the driver does not say, or the block ended with an exception or a
+    cancellation, after which the connection's state is unknown) it is rolled back first,
+    shielded from cancellation; if that fails it is closed and a later checkout creates
+    a new one. The pool never commits.
+
+    **Idle connections** are reused most recently returned first, so that connections
+    beyond what the load needs stay idle and expire. Expired connections are closed by
+    the next checkout and, while the pool is used as ``async with pool:``, by a task of
+    the pool's own soon after they expire.
+
+    **Cancellation** (anyio and trio cancel scopes, and native ``asyncio.Task.cancel()``)
+    never loses a slot:
+
+    - cancelled while waiting, or in the same step as a slot is handed to it: the task
+      holds nothing; a slot handed to it goes to the next waiter;
+    - cancelled while its connection is being created: the slot is given back (cleaning
+      up a half-made connection is the factory's job);
+    - cancelled inside the block, or while the connection is being returned: the
+      rollback and any close run shielded from cancel scopes, and the slot is given back
+      whatever happens. A native ``Task.cancel()`` can still interrupt the rollback; the
+      connection is then closed rather than reused.
+
+    The pool holds no thread and no connection until the first checkout. Close it with
+    ``await pool.close()`` or by leaving ``async with pool:``.
+    """
+
+    def __init__(
+        self,
+        connection_factory: Callable[[], Awaitable[ConnT]],
+        pool_size: int = DEFAULT_POOL_SIZE,
+        acquisition_timeout: float | None = DEFAULT_ACQUISITION_TIMEOUT,
+        idle_timeout: float | None = DEFAULT_IDLE_TIMEOUT,
+        operation_timeout: float | None = DEFAULT_OPERATION_TIMEOUT,
+        *,
+        name: str | None = None,
+    ) -> None:
+        if not callable(connection_factory):
+            raise TypeError(
+                "connection_factory must be an async callable that returns a new "
+                f"connection, not {connection_factory!r}"
+            )
+        if name is None:
+            name = getattr(connection_factory, "__name__", None) or "SQLiteConnectionPool"
+        elif not isinstance(name, str) or not name:
+            raise TypeError(f"name must be a non-empty str, not {name!r}")
+        self._factory = connection_factory
+        self._name: str = name
+        self._pool_size = _check_pool_size(pool_size)
+        self._acquisition_timeout = check_timeout(acquisition_timeout, "acquisition_timeout")
+        self._idle_timeout = check_timeout(idle_timeout, "idle_timeout")
+        self._operation_timeout = check_timeout(operation_timeout, "operation_timeout")
+        self._limiter = anyio.CapacityLimiter(self._pool_size)
+        # Most recently returned last: checkouts take from the right, expiry from the left.
+        self._idle: deque[_Idle[ConnT]] = deque()
+        self._scopes: set[anyio.CancelScope] = set()
+        self._open = 0
+        self._in_use = 0
+        self._closed = False
+        self._close_finished: anyio.Event | None = None
+        self._entered = False
+        self._task_group: TaskGroup | None = None
+        self._reaper_scope: anyio.CancelScope | None = None
+        self._reaper_wakeup: anyio.Event | None = None
+
+    def __repr__(self) -> str:
+        state = "closed" if self._closed else "open"
+        return (
+            f"<litepool.SQLiteConnectionPool {self._name!r} {state} "
+            f"pool_size={self._pool_size} connections={self._open} in_use={self._in_use}>"
+        )
+
+    # -- introspection ---------------------------------------------------------------
+
+    @property
+    def name(self) -> str:
+        """The pool's name, used in errors and logs."""
+        return self._name
+
+    @property
+    def pool_size(self) -> int:
+        """The most connections the pool opens at once."""
+        return self._pool_size
+
+    @property
+    def closed(self) -> bool:
+        """True once :meth:`close` has been called (or ``async with pool:`` has ended)."""
+        return self._closed
+
+    @property
+    def connections(self) -> int:
+        """Connections open right now: idle ones plus checked-out ones."""
+        return self._open
+
+    @property
+    def idle(self) -> int:
+        """Open connections waiting in the pool for a borrower."""
+        return len(self._idle)
+
+    @property
+    def in_use(self) -> int:
+        """Checkouts holding a connection right now."""
+        return self._in_use
+
+    @property
+    def waiting(self) -> int:
+        """Checkouts waiting for a free slot."""
+        return self._limiter.statistics().tasks_waiting
+
+    # -- checkout --------------------------------------------------------------------
+
+    def connection(
+        self, *, timeout: float | _Unset | None = _UNSET
+    ) -> AbstractAsyncContextManager[ConnT]:
+        """Check out a connection for an ``async with`` block.
+
+        :param timeout: overrides ``acquisition_timeout`` for this checkout.
+        :raises litepool.PoolTimeout: no slot became free within the timeout (the message
+            names the pool and its counts), or creating a connection overran
+            ``operation_timeout``.
+        :raises litepool.PoolClosed: the pool is closed, or was closed while waiting.
+
+        Cancellation: see the class's documentation; in short, a cancelled checkout
+        holds nothing, and a connection whose block was cancelled is rolled back
+        (shielded) or closed before its slot is given back.
+        """
+        if timeout is _UNSET:
+            resolved = self._acquisition_timeout
+        else:
+            resolved = check_timeout(timeout, "timeout")
+        return _Checkout(self, resolved)
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise PoolClosed(f"pool {self._name!r} is closed")
+
+    async def _acquire(self, borrower: object, timeout: float | None) -> ConnT:
+        self._check_open()
+        limiter = self._limiter
+        try:
+            limiter.acquire_on_behalf_of_nowait(borrower)
+        except anyio.WouldBlock:
+            holding = False
+        else:
+            holding = True
+            idle = self._idle
+            if idle and not self._expired(idle[0]):
+                # The common case: no await, so no cancellation point and no round trip.
+                self._in_use += 1
+                return idle.pop().conn
+        try:
+            if not holding:
+                await self._wait(borrower, timeout)
+                holding = True
+            conn = await self._obtain()
+        except BaseException:
+            # Cancelled, timed out, closed, or the factory failed: nothing may be kept.
+            if holding:
+                limiter.release_on_behalf_of(borrower)
+            raise
+        if self._closed:  # closed while the connection was being made
+            try:
+                await self._discard(conn)
+            finally:
+                limiter.release_on_behalf_of(borrower)
+            self._check_open()
+        self._in_use += 1
+        return conn
+
+    async def _wait(self, borrower: object, timeout: float | None) -> None:
+        """Wait for a slot; on any exception the slot is not held."""
+        deadline = math.inf if timeout is None else anyio.current_time() + timeout
+        scope = anyio.CancelScope(deadline=deadline)
+        self._scopes.add(scope)
+        try:
+            with scope:
+                await self._limiter.acquire_on_behalf_of(borrower)
+        finally:
+            self._scopes.discard(scope)
+        if scope.cancelled_caught:
+            # Our own scope ended the wait (deadline or close()): the limiter has already
+            # passed on any slot that reached us.
+            self._check_open()
+            raise PoolTimeout(
+                f"pool {self._name!r}: no connection became free within {timeout:g} s "
+                f"(pool_size: {self._pool_size}, in use: {self._in_use}, "
+                f"idle: {len(self._idle)}, waiting: {self.waiting})"
+            )
+
+    async def _obtain(self) -> ConnT:
+        """With a slot held: close expired idle connections, then reuse or create one."""
+        expired = self._take_expired()
+        if expired:
+            await self._close_all(expired)
+        if self._idle:
+            return self._idle.pop().conn
+        return await self._create()
+
+    async def _create(self) -> ConnT:
+        result = self._factory()
+        if not inspect.isawaitable(result):
+            raise TypeError(
+                f"connection_factory of pool {self._name!r} must be async (return an "
+                f"awaitable), but it returned {result!r}"
+            )
+        limit = self._operation_timeout
+        scope = anyio.CancelScope(
+            deadline=math.inf if limit is None else anyio.current_time() + limit
+        )
+        self._scopes.add(scope)
+        made: list[ConnT] = []
+        try:
+            with scope:
+                made.append(await result)
+        except Exception as exc:
+            exc.add_note(f"while pool {self._name!r} was creating a connection")
+            raise
+        finally:
+            self._scopes.discard(scope)
+        if not made:  # our own scope: close(), or operation_timeout
+            self._check_open()
+            raise PoolTimeout(
+                f"pool {self._name!r}: creating a connection took longer than "
+                f"operation_timeout ({limit:g} s)"
+            )
+        conn = made[0]
+        if not all(callable(getattr(conn, method, None)) for method in ("rollback", "close")):
+            raise TypeError(
+                f"connection_factory of pool {self._name!r} returned {conn!r}, which has "
+                "no rollback() and close() methods"
+            )
+        self._open += 1
+        return conn
+
+    async def _release(self, borrower: object, conn: ConnT, *, clean: bool) -> None:
+        """Give ``conn`` back; the slot is released on every path, last."""
+        reusable = False
+        try:
+            if self._closed:
+                pass
+            elif clean and _transaction_state(conn) is False:
+                reusable = True  # nothing to undo: no round trip
+            else:
+                reusable = await self._rollback(conn)
+        finally:
+            try:
+                if reusable and not self._closed:
+                    self._idle.append(_Idle(conn, anyio.current_time()))
+                    wakeup = self._reaper_wakeup
+                    if wakeup is not None:
+                        self._reaper_wakeup = None
+                        wakeup.set()
+                else:
+                    await self._discard(conn)
+            finally:
+                self._in_use -= 1
+                self._limiter.release_on_behalf_of(borrower)
+
+    async def _rollback(self, conn: ConnT) -> bool:
+        """Roll back, shielded and bounded; False if the connection cannot be trusted."""
+        with anyio.move_on_after(self._operation_timeout, shield=True) as scope:
+            try:
+                await conn.rollback()
+            except Exception:
+                logger.warning(
+                    "pool %r: rollback of a returned connection failed; closing it",
+                    self._name,
+                    exc_info=True,
+                )
+                return False
+        if scope.cancelled_caught:
+            logger.warning(
+                "pool %r: rollback of a returned connection took longer than "
+                "operation_timeout (%g s); closing it",
+                self._name,
+                self._operation_timeout,
+            )
+            return False
+        return True
+
+    async def _discard(self, conn: ConnT) -> None:
+        """Close ``conn`` (shielded, bounded) and forget it, whatever happens."""
+        self._open -= 1
+        with anyio.move_on_after(self._operation_timeout, shield=True) as scope:
+            try:
+                await conn.close()
+            except Exception:
+                logger.warning("pool %r: closing a connection failed", self._name, exc_info=True)
+        if scope.cancelled_caught:
+            logger.warning(
+                "pool %r: closing a connection took longer than operation_timeout (%g s)",
+                self._name,
+                self._operation_timeout,
+            )
+
+    async def _close_all(self, conns: list[ConnT]) -> None:
+        if len(conns) == 1:
+            await self._discard(conns[0])
+            return
+        async with anyio.create_task_group() as tg:
+            for conn in conns:
+                tg.start_soon(self._discard, conn)
+
+    # -- idle expiry -----------------------------------------------------------------
+
+    def _expired(self, entry: _Idle[ConnT]) -> bool:
+        limit = self._idle_timeout
+        return limit is not None and anyio.current_time() - entry.since >= limit
+
+    def _take_expired(self) -> list[ConnT]:
+        idle = self._idle
+        expired: list[ConnT] = []
+        while idle and self._expired(idle[0]):
+            expired.append(idle.popleft().conn)
+        return expired
+
+    async def _reap(self, limit: float) -> None:
+        """Close idle connections soon after they expire (only under ``async with``)."""
+        assert self._reaper_scope is not None
+        with self._reaper_scope:
+            while True:
+                idle = self._idle
+                if not idle:
+                    wakeup = self._reaper_wakeup = anyio.Event()
+                    await wakeup.wait()
+                    continue
+                await anyio.sleep_until(idle[0].since + limit)
+                expired = self._take_expired()
+                if expired:
+                    await self._close_all(expired)
+
+    # -- life cycle ------------------------------------------------------------------
+
+    async def close(self) -> None:
+        """Close the pool: checkouts raise :class:`~litepool.PoolClosed` from now on.
+
+        Tasks waiting for a slot raise :class:`~litepool.PoolClosed`; idle connections
+        are closed now (shielded, each bounded by ``operation_timeout``); connections
+        still checked out are closed when their blocks end. Calling it again waits for
+        the first call to finish closing.
+        """
+        finished = self._close_finished
+        if finished is not None:
+            await finished.wait()
+            return
+        self._closed = True
+        finished = self._close_finished = anyio.Event()
+        try:
+            for scope in list(self._scopes):
+                scope.cancel()
+            if self._reaper_scope is not None:
+                self._reaper_scope.cancel()
+            idle = [entry.conn for entry in self._idle]
+            self._idle.clear()
+            if idle:
+                await self._close_all(idle)
+        finally:
+            finished.set()
+
+    async def __aenter__(self) -> SQLiteConnectionPool[ConnT]:
+        """Use the pool for an ``async with`` block; leaving it calls :meth:`close`.
+
+        While the block runs, a task of the pool's own closes idle connections soon
+        after ``idle_timeout``.
+        """
+        if self._entered:
+            raise RuntimeError(f"pool {self._name!r} was already entered; enter it once")
+        self._check_open()
+        self._entered = True
+        limit = self._idle_timeout
+        if limit is not None:
+            self._reaper_scope = anyio.CancelScope()
+            task_group = self._task_group = anyio.create_task_group()
+            await task_group.__aenter__()
+            task_group.start_soon(self._reap, limit, name=f"litepool[{self._name}] idle reaper")
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        task_group = self._task_group
+        try:
+            await self.close()
+        finally:
+            if task_group is not None:
+                self._task_group = None
+                # close() cancelled the reaper, so this does not wait. The body's
+                # exception is not passed in: trio would wrap it in an ExceptionGroup.
+                await task_group.__aexit__(None, None, None)
+
+
+class _Checkout(AbstractAsyncContextManager[ConnT]):
+    """The ``async with`` target of :meth:`SQLiteConnectionPool.connection`.
+
+    It is also the borrower of the pool's capacity limiter: one token per checkout, so
+    one task may hold several checkouts at once.
+    """
+
+    __slots__ = ("_conn", "_entered", "_pool", "_timeout")
+
+    def __init__(self, pool: SQLiteConnectionPool[ConnT], timeout: float | None) -> None:
+        self._pool = pool
+        self._timeout = timeout
+        self._conn: ConnT | None = None
+        self._entered = False
+
+    async def __aenter__(self) -> ConnT:
+        if self._entered:
+            raise RuntimeError("a checkout can be entered once; call pool.connection() again")
+        self._entered = True
+        conn = self._conn = await self._pool._acquire(self, self._timeout)
+        return conn
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        conn = self._conn
+        assert conn is not None
+        self._conn = None
+        await self._pool._release(self, conn, clean=exc_type is None)
