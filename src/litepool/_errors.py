@@ -32,11 +32,13 @@ class ConnectionReleased(PoolError):
 
 
 class TransactionAborted(PoolError):
-    """A statement inside :meth:`Pool.write` was cancelled, so the transaction is void.
+    """The transaction of a :meth:`Pool.write` block is void.
 
-    Whether the cancelled statement ran is unknown, so the transaction cannot be trusted:
-    later calls on the handle raise this, and the block rolls the transaction back when it
-    ends (raising this too if the block itself ended normally).
+    Either a statement inside it was cancelled, so whether it ran is unknown, or SQLite
+    rolled the whole transaction back after an error (disk full, an I/O error, an
+    ``INSERT OR ROLLBACK`` conflict), so later statements would each commit on their own.
+    Later calls on the handle raise this, and the block rolls back when it ends (raising
+    this too if the block itself ended normally). Nothing of the block is committed.
     """
 
 
