@@ -10,6 +10,8 @@ import pytest
 
 import litepool
 
+from .conftest import CancellableTask
+
 pytestmark = pytest.mark.anyio
 
 ACCOUNTS = 200
@@ -144,3 +146,34 @@ async def test_backup_arguments_are_checked(db_path: str) -> None:
             await pool.backup("x.db", pages=2.5)  # type: ignore[arg-type]
         with pytest.raises(TypeError, match="progress must be callable"):
             await pool.backup("x.db", progress=3)  # type: ignore[arg-type]
+
+
+async def test_backup_cancelled_natively_or_by_scope_returns_the_reader(
+    db_path: str, tmp_path: Path, anyio_backend: str, cancel_how: str
+) -> None:
+    """Cancelled from outside between two steps, by a cancel scope or by the backend's own
+    cancellation (``Task.cancel()`` / a trio scope): the copy stops, the reader comes
+    back clean, and the pool keeps serving."""
+    async with litepool.open_pool(db_path, readers=1) as pool:
+        await make_accounts(pool)
+        task: CancellableTask
+        steps = 0
+
+        def progress(remaining: int, total: int) -> None:
+            nonlocal steps
+            steps += 1
+            if steps == 2:
+                task.cancel()
+
+        async def copy() -> None:
+            await pool.backup(tmp_path / "partial.db", pages=5, progress=progress)
+
+        task = CancellableTask(copy, cancel_how, anyio_backend)
+        async with anyio.create_task_group() as tg:
+            await tg.start(task.run)
+        assert task.outcome == "cancelled"
+        async with pool.read(timeout=5) as conn:
+            assert await conn.run_sync(lambda raw: raw.in_transaction) is False
+        stats = pool.statistics()
+        assert (stats.read.idle, stats.read.in_use, stats.read.waiting) == (1, 0, 0)
+        assert await pool.fetchval("SELECT count(*) FROM accounts") == ACCOUNTS

@@ -13,6 +13,8 @@ import pytest
 
 import litepool
 
+from .conftest import CancellableTask
+
 pytestmark = pytest.mark.anyio
 
 BOUND = 4 * 1024 * 1024
@@ -291,3 +293,30 @@ async def test_housekeeping_works_with_any_row_factory(
     async with litepool.open_pool(target, readers=1, row_factory=dict) as copy:
         assert await copy.fetchall("SELECT x FROM t") == [{"x": 1}]
     assert not [record for record in caplog.records if record.levelno >= logging.WARNING]
+
+
+async def test_checkpoint_cancelled_while_queued_never_runs(
+    db_path: str, anyio_backend: str, cancel_how: str
+) -> None:
+    """A checkpoint waits its turn behind a pool.write() checkout; cancelled there (scope
+    or native), it holds nothing and runs nothing, and the writer goes on."""
+    async with litepool.open_pool(db_path, readers=1, wal_max_bytes=None) as pool:
+        await pool.execute("CREATE TABLE t (x)")
+
+        async def checkpoint() -> None:
+            await pool.checkpoint("TRUNCATE")
+
+        task = CancellableTask(checkpoint, cancel_how, anyio_backend)
+        async with anyio.create_task_group() as tg, pool.write() as conn:
+            await conn.execute("INSERT INTO t VALUES (1)")
+            await tg.start(task.run)
+            await anyio.wait_all_tasks_blocked()
+            assert pool.statistics().write.waiting == 1
+            task.cancel()
+            await anyio.wait_all_tasks_blocked()
+            assert pool.statistics().write.waiting == 0
+        assert task.outcome == "cancelled"
+        stats = pool.statistics()
+        assert (stats.write.idle, stats.write.in_use, stats.checkpoints) == (1, 0, 0)
+        assert await pool.fetchval("SELECT count(*) FROM t") == 1
+        assert (await pool.checkpoint("PASSIVE")).busy is False
