@@ -2,13 +2,21 @@
 
 from __future__ import annotations
 
+import types
+
 import litepool
+
+#: Public submodules, imported on their own because they need an optional extra.
+PUBLIC_SUBMODULES = {"prometheus"}
 
 
 def test_all_matches_public_names() -> None:
     public = {name for name in vars(litepool) if not name.startswith("_")}
-    # Submodules are attributes of the package after import; they are private modules.
-    public -= {name for name in public if name.startswith("_")}
+    # Submodules become attributes of the package once imported: the private ones start
+    # with an underscore, the public ones are listed above; no other module may appear.
+    modules = {name for name in public if isinstance(getattr(litepool, name), types.ModuleType)}
+    assert modules <= PUBLIC_SUBMODULES
+    public -= modules
     assert set(litepool.__all__) == public | {"__version__"}
     assert len(litepool.__all__) == len(set(litepool.__all__))
     for name in litepool.__all__:
@@ -20,6 +28,7 @@ def test_error_hierarchy() -> None:
         litepool.PoolTimeout,
         litepool.PoolClosed,
         litepool.ConnectionReleased,
+        litepool.ConnectionLost,
         litepool.TransactionAborted,
     ):
         assert issubclass(error, litepool.PoolError)

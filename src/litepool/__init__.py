@@ -12,6 +12,7 @@ owned by a task group that the pool's ``async with`` block opens::
 
 from ._connection import Connection, ExecuteResult, Rows
 from ._errors import (
+    ConnectionLost,
     ConnectionReleased,
     PoolClosed,
     PoolError,
@@ -33,6 +34,7 @@ __all__ = [
     "Checkout",
     "CheckpointResult",
     "Connection",
+    "ConnectionLost",
     "ConnectionReleased",
     "ExecuteResult",
     "Histogram",

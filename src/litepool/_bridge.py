@@ -71,7 +71,7 @@ class Bridge:
         self._scheduled = True
         try:
             self._call_soon(self._drain)
-        except Exception:  # the loop is closed (asyncio) or its run finished (trio)
+        except RuntimeError:  # the loop is closed (asyncio) or its run finished (trio)
             self._gone = True
         return not self._gone
 
@@ -83,11 +83,15 @@ class Bridge:
         """Thread side: run ``fn(*args)`` on the loop soon; False if the loop is gone."""
         try:
             self._call_soon(functools.partial(fn, *args))
-        except Exception:  # the loop is closed (asyncio) or its run finished (trio)
+        except RuntimeError:  # the loop is closed (asyncio) or its run finished (trio)
             return False
         return True
 
     # -- event loop side ---------------------------------------------------------------
+
+    def drain(self) -> None:
+        """Deliver every batch posted so far, now (also called by the doorbell)."""
+        self._drain()
 
     def _drain(self) -> None:
         self._scheduled = False
@@ -98,7 +102,10 @@ class Bridge:
             worker, batch = done.popleft()
             worker.queued -= len(batch)
             worker.progress = now
+            worker.used = True
+            pending = worker.pending
             for job in batch:
+                pending.discard(job)
                 job.done = True
                 waker = job.waker
                 if waker is not None:

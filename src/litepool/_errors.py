@@ -31,6 +31,15 @@ class ConnectionReleased(PoolError):
     """
 
 
+class ConnectionLost(PoolError):
+    """The connection's worker thread ended unexpectedly, so the call could not run.
+
+    Raised by calls queued on that connection after its thread ended. The pool counts the
+    connection as lost and opens a replacement in the background; later checkouts get a
+    working connection.
+    """
+
+
 class TransactionAborted(PoolError):
     """The transaction of a :meth:`Pool.write` block is void.
 

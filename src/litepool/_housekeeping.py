@@ -301,7 +301,8 @@ class Housekeeper:
         if lane.idle and not lane.waiting and not lane.closed:
             # Queued on the free writer without holding it: nobody sees it in the lane's
             # counts, and a writer that comes now queues its statements behind it.
-            worker = lane.workers[0]
+            worker = lane.free()
+            assert worker is not None
             worker.submit(job)
         elif urgent:
             # Past half the bound: wait for the writer like a single statement (but

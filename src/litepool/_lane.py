@@ -13,6 +13,10 @@ cancellation unwinds, and releases it again, which hands it to the next waiter. 
 that times out or is cancelled before any hand-off simply leaves the queue. So a
 connection is never stranded with a task that is gone.
 
+Connections join and leave a lane while it serves (replacements, :meth:`Pool.resize`):
+one that leaves while a borrower holds it leaves when it is given back, so a borrower
+never loses its connection under it.
+
 This queue replaced an ``anyio.CapacityLimiter`` plus a cancel scope per waiter, which
 gave the same guarantees but cost tens of microseconds of event-loop time per contended
 checkout: on the single writer, every transaction pays that.
@@ -70,6 +74,7 @@ class Lane:
         "idle",
         "kind",
         "pool_name",
+        "retired",
         "statements",
         "timeouts",
         "usage",
@@ -95,6 +100,8 @@ class Lane:
         #: Set when the pool tracks who holds its connections: describes them for the
         #: PoolTimeout message.
         self.holders: Callable[[], str] | None = None
+        #: Called with a connection once it has left the lane, to stop it.
+        self.retired: Callable[[Worker], object] | None = None
 
     # -- exclusive checkouts -------------------------------------------------------------
 
@@ -137,9 +144,47 @@ class Lane:
         Synchronous, so it cannot be interrupted half-way.
         """
         worker.held = False
+        if worker.retiring:
+            self._remove(worker)
+            return
         self.idle += 1
         if self.waiting:
             self._grant()
+
+    # -- connections joining and leaving -------------------------------------------------
+
+    def add(self, worker: Worker) -> None:
+        """A new connection joins the lane and serves the first waiter, if any."""
+        self.workers.append(worker)
+        self.idle += 1
+        if self.waiting:
+            self._grant()
+
+    def retire(self, worker: Worker) -> None:
+        """Take ``worker`` out of service: now if it is free, else when it comes back.
+
+        Statements already queued on it still run; :attr:`retired` is called once it
+        has left, which stops it behind them.
+        """
+        if worker.retiring or worker not in self.workers:
+            return
+        worker.retiring = True
+        if not worker.held:
+            self.idle -= 1
+            self._remove(worker)
+
+    def active(self) -> list[Worker]:
+        """The connections that are not leaving."""
+        return [worker for worker in self.workers if not worker.retiring]
+
+    def free(self) -> Worker | None:
+        """A connection no checkout holds, the least busy, or None."""
+        return self._least_busy() if self.idle else None
+
+    def _remove(self, worker: Worker) -> None:
+        self.workers.remove(worker)
+        if self.retired is not None:
+            self.retired(worker)
 
     def _hold(self) -> Worker:
         worker = self._least_busy()

@@ -30,6 +30,8 @@ DEFAULT_PRAGMAS: Final[Mapping[str, int | str]] = {
 DEFAULT_READERS: Final = 4
 DEFAULT_ACQUIRE_TIMEOUT: Final = 30.0
 DEFAULT_CHUNK_SIZE: Final = 256
+#: Seconds a reader serves before it is replaced (less up to 10%, per connection).
+DEFAULT_MAX_LIFETIME: Final = 3600.0
 #: The smallest ``wal_max_bytes`` accepted: a few pages.
 MIN_WAL_MAX_BYTES: Final = 64 * 1024
 
@@ -62,6 +64,10 @@ class PoolOptions:
     cached_statements: int
     wal_max_bytes: int | None = None
     leak_timeout: float | None = None
+    max_lifetime: float | None = None
+    max_idle: float | None = None
+    check: bool = False
+    optimize_interval: float | None = None
 
 
 def check_timeout(value: object, what: str) -> float | None:
@@ -75,7 +81,7 @@ def check_timeout(value: object, what: str) -> float | None:
     return None if math.isinf(value) else float(value)
 
 
-def _check_int(value: object, what: str, minimum: int) -> int:
+def check_int(value: object, what: str, minimum: int) -> int:
     if isinstance(value, bool) or not isinstance(value, int):
         raise TypeError(f"{what} must be an int, not {value!r}")
     if value < minimum:
@@ -83,11 +89,12 @@ def _check_int(value: object, what: str, minimum: int) -> int:
     return value
 
 
-def _check_leak_timeout(value: object) -> float | None:
-    timeout = check_timeout(value, "leak_timeout")
-    if timeout == 0:
-        raise ValueError("leak_timeout must be > 0 seconds or None, got 0")
-    return timeout
+def _check_positive(value: object, what: str) -> float | None:
+    """A duration that must be above zero, or None for never."""
+    seconds = check_timeout(value, what)
+    if seconds == 0:
+        raise ValueError(f"{what} must be > 0 seconds or None, got {value!r}")
+    return seconds
 
 
 def _render_pragma(name: object, value: object) -> str:
@@ -138,6 +145,10 @@ def make_options(
     cached_statements: object,
     wal_max_bytes: object = None,
     leak_timeout: object = None,
+    max_lifetime: object = None,
+    max_idle: object = None,
+    check: object = False,
+    optimize_interval: object = None,
 ) -> PoolOptions:
     if isinstance(database, os.PathLike):
         database = os.fspath(database)
@@ -164,6 +175,8 @@ def make_options(
         raise TypeError(
             f"configure must be callable (it receives each connection), not {configure!r}"
         )
+    if not isinstance(check, bool):
+        raise TypeError(f"check must be a bool, not {check!r}")
     if row_factory is dict:
         row_factory = dict_row
     elif row_factory is not None and not callable(row_factory):
@@ -175,18 +188,34 @@ def make_options(
         database=database,
         uri=uri,
         in_memory=in_memory,
-        readers=_check_int(readers, "readers", 1),
+        readers=check_int(readers, "readers", 1),
         acquire_timeout=check_timeout(acquire_timeout, "acquire_timeout"),
         pragmas=_merge_pragmas(pragmas),
         configure=configure,
         row_factory=row_factory,
-        chunk_size=_check_int(chunk_size, "chunk_size", 1),
-        cached_statements=_check_int(cached_statements, "cached_statements", 0),
+        chunk_size=check_int(chunk_size, "chunk_size", 1),
+        cached_statements=check_int(cached_statements, "cached_statements", 0),
         wal_max_bytes=None
         if wal_max_bytes is None
-        else _check_int(wal_max_bytes, "wal_max_bytes", MIN_WAL_MAX_BYTES),
-        leak_timeout=_check_leak_timeout(leak_timeout),
+        else check_int(wal_max_bytes, "wal_max_bytes", MIN_WAL_MAX_BYTES),
+        leak_timeout=_check_positive(leak_timeout, "leak_timeout"),
+        max_lifetime=_check_positive(max_lifetime, "max_lifetime"),
+        max_idle=_check_positive(max_idle, "max_idle"),
+        check=check,
+        optimize_interval=_check_positive(optimize_interval, "optimize_interval"),
     )
+
+
+def file_identity(options: PoolOptions) -> tuple[int, int] | None:
+    """The database file's (device, inode), or None for an in-memory database, a URI,
+    or a file that does not exist."""
+    if options.in_memory or options.uri:
+        return None
+    try:
+        stat = os.stat(options.database)
+    except OSError:
+        return None
+    return stat.st_dev, stat.st_ino
 
 
 def open_connection(options: PoolOptions, *, writer: bool) -> sqlite3.Connection:

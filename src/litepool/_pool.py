@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import enum
 import functools
+import logging
+import math
 import os
 import sqlite3
 from collections.abc import Callable, Iterable, Mapping
@@ -49,16 +51,22 @@ from ._leaks import LeakTracker
 from ._options import (
     DEFAULT_ACQUIRE_TIMEOUT,
     DEFAULT_CHUNK_SIZE,
+    DEFAULT_MAX_LIFETIME,
     DEFAULT_READERS,
     Configure,
     PoolOptions,
     RowFactory,
+    check_int,
     check_timeout,
+    file_identity,
     make_options,
     open_connection,
 )
 from ._stats import PoolStatistics
+from ._upkeep import Upkeep, check_job, lifetime_deadline
 from ._worker import Job, Worker, commit_or_rollback, reset
+
+logger = logging.getLogger("litepool")
 
 
 class _Unset(enum.Enum):
@@ -84,6 +92,10 @@ def open_pool(
     cached_statements: int = 128,
     wal_max_bytes: int | None = DEFAULT_WAL_MAX_BYTES,
     leak_timeout: float | None = None,
+    max_lifetime: float | None = DEFAULT_MAX_LIFETIME,
+    max_idle: float | None = None,
+    check: bool = False,
+    optimize_interval: float | None = None,
 ) -> Pool:
     """Describe a pool; ``async with`` it to open it. Arguments are checked right here.
 
@@ -110,6 +122,21 @@ def open_pool(
         possible leak on the ``litepool`` logger, with its task's name and the stack
         where it was checked out (logged again when it comes back). ``None`` (the
         default) records nothing.
+    :param max_lifetime: seconds after which a reader connection is replaced by a fresh
+        one, in the background, once no borrower holds it; each reader's lifetime is
+        shortened by up to 10% at random so that readers do not expire together.
+        ``None`` keeps readers for the life of the pool.
+    :param max_idle: seconds a reader may sit unused, after serving something, before it
+        is replaced by a fresh one (which frees its page cache and prepared
+        statements). ``None`` (the default) never replaces a reader for idleness.
+    :param check: validate a connection with a round trip (``PRAGMA schema_version``
+        and a look at the database file's identity) on every checkout; a connection that
+        fails is replaced and the checkout takes another. Off by default: broken
+        connections are found by the errors they raise anyway, and the round trip costs
+        a thread hand-off on every checkout.
+    :param optimize_interval: seconds between runs of ``PRAGMA optimize`` on the writer
+        while the pool is open (it always runs once as the pool closes). ``None`` (the
+        default) runs it only then.
     :raises TypeError: for an argument of the wrong type, naming it.
     :raises ValueError: for an argument out of range, naming it.
     """
@@ -126,6 +153,10 @@ def open_pool(
         cached_statements=cached_statements,
         wal_max_bytes=wal_max_bytes,
         leak_timeout=leak_timeout,
+        max_lifetime=max_lifetime,
+        max_idle=max_idle,
+        check=check,
+        optimize_interval=optimize_interval,
     )
     return Pool(options)
 
@@ -163,12 +194,21 @@ class Pool:
         self._leaks: LeakTracker | None = None
         self._opened = 0
         self._closed_connections = 0
-        self._open_roles: set[str] = set()
+        self._replaced = 0
+        self._lost = 0
+        self._failed = 0
+        # Counts of workers whose threads have returned, kept when they are dropped.
+        self._retired_interrupted = 0
+        self._retired_rollbacks = 0
+        self._readers_target = options.readers
+        self._reader_number = 0
+        self._upkeep: Upkeep | None = None
+        self._resize_lock: anyio.Lock | None = None
 
     def __repr__(self) -> str:
         return (
             f"<litepool.Pool {self._options.name!r} {self._state.value} "
-            f"readers={self._options.readers}>"
+            f"readers={self._readers_target}>"
         )
 
     @property
@@ -395,11 +435,14 @@ class Pool:
             closed=self.closed,
             read=read.statistics(),
             write=write.statistics(),
-            interrupted=sum(worker.interrupted for worker in self._workers),
-            rollbacks=sum(worker.rollbacks for worker in self._workers),
+            interrupted=self._retired_interrupted
+            + sum(worker.interrupted for worker in self._workers),
+            rollbacks=self._retired_rollbacks + sum(worker.rollbacks for worker in self._workers),
             connections_opened=self._opened,
             connections_closed=self._closed_connections,
-            connections_replaced=0,
+            connections_replaced=self._replaced,
+            connections_lost=self._lost,
+            connections_failed=self._failed,
             checkpoints=wal.checkpoints,
             checkpoints_busy=wal.busy,
             checkpoint_mode=wal.mode,
@@ -420,12 +463,10 @@ class Pool:
         _fork.register(self)
         bridge = self._bridge = current_bridge()
         options = self._options
-        writer = self._new_worker(bridge, "writer", writer=True)
-        readers = [
-            self._new_worker(bridge, f"reader-{index}", writer=False)
-            for index in range(1, options.readers + 1)
-        ]
+        writer = self._new_worker(bridge, writer=True)
+        readers = [self._new_worker(bridge, writer=False) for _ in range(options.readers)]
         self._all_stopped = anyio.Event()
+        self._resize_lock = anyio.Lock()
         # Worker threads live as long as the pool: they must not take tokens from anyio's
         # default limiter, which the rest of the application shares.
         self._thread_limiter = anyio.CapacityLimiter(1 + options.readers)
@@ -445,6 +486,7 @@ class Pool:
             raise
         write_lane = self._write_lane = Lane(WRITE, self.name, [writer], bridge)
         read_lane = self._read_lane = Lane(READ, self.name, readers, bridge)
+        write_lane.retired = read_lane.retired = self._retired
         self._start_operations(task_group, bridge, read_lane, write_lane)
         return self
 
@@ -453,6 +495,8 @@ class Pool:
     ) -> None:
         """Start the housekeeper and the leak tracker, if the options ask for them."""
         options = self._options
+        upkeep = self._upkeep = Upkeep(self, read_lane, write_lane)
+        task_group.start_soon(upkeep.run, name=f"litepool[{self.name}] upkeep")
         if options.wal_max_bytes is not None:
             housekeeper = self._housekeeper = Housekeeper(
                 self.name, write_lane, bridge, self._wal, options.wal_max_bytes
@@ -491,13 +535,14 @@ class Pool:
             raise self._forked_error()
         self._state = _State.CLOSED
         _fork.unregister(self)
-        for task in (self._housekeeper, self._leaks):
+        for task in (self._upkeep, self._housekeeper, self._leaks):
             if task is not None:
                 task.stop()
         write_lane = self._write_lane
-        if write_lane is not None and write_lane.idle:
+        writer = None if write_lane is None else write_lane.free()
+        if writer is not None:
             # Queued ahead of the stop, not awaited: it runs before the writer closes.
-            write_lane.workers[0].submit(Job(optimize_job, interruptible=False))
+            writer.submit(Job(optimize_job, interruptible=False))
         for lane in (self._read_lane, write_lane):
             if lane is not None:
                 lane.close()
@@ -529,53 +574,209 @@ class Pool:
             if interrupted is not None:
                 raise interrupted
 
-    def _new_worker(self, bridge: Bridge, role: str, *, writer: bool) -> Worker:
+    def _new_worker(self, bridge: Bridge, *, writer: bool) -> Worker:
         options = self._options
-        return Worker(
+        if writer:
+            role = "writer"
+        else:
+            self._reader_number += 1
+            role = f"reader-{self._reader_number}"
+        worker = Worker(
             role,
             f"litepool[{options.name}] {role}",
             functools.partial(open_connection, options, writer=writer),
             bridge.post,
             bridge.alive,
         )
+        worker.on_broken = functools.partial(bridge.call_soon, self._connection_broken)
+        worker.on_exit = functools.partial(bridge.call_soon, self._thread_exited)
+        return worker
 
     async def _start_workers(
         self, task_group: TaskGroup, bridge: Bridge, workers: list[Worker]
     ) -> None:
+        """Start a thread for each worker, and wait until every connection has opened.
+
+        Raises the first opening error; each worker whose connection did not open has
+        returned by itself, the others are left to the caller to stop.
+        """
         jobs = []
         for worker in workers:
-            job = Job(Worker.open, interruptible=False)
+            job = Job(_open_job, (self._options,), interruptible=False)
             worker.submit(job)
             jobs.append(job)
             self._workers.append(worker)
             self._threads += 1
-            worker.on_exit = functools.partial(bridge.call_soon, self._thread_exited)
+            # A thread per connection for as long as the pool lives, never more than
+            # that: and not borrowed from anyio's default limiter, which the rest of the
+            # application shares.
+            limiter = self._thread_limiter
+            limiter.total_tokens = max(limiter.total_tokens, self._threads)
             task_group.start_soon(self._serve, worker, name=worker.thread_name)
         for worker, job in zip(workers, jobs, strict=True):
             await bridge.wait(worker, job)
             if job.error is not None:
                 raise job.error
             self._opened += 1
-            self._open_roles.add(worker.role)
+            worker.opened = True
+            worker.used = False
+            worker.expires = (
+                math.inf
+                if worker.role == "writer"
+                else lifetime_deadline(monotonic(), self._options.max_lifetime)
+            )
+
+    async def _open_worker(self, *, writer: bool) -> Worker:
+        """Open one more connection while the pool is open, for a lane to take in.
+
+        Cancellation, or a failure to open, leaves nothing behind: the new worker is
+        stopped.
+        """
+        bridge, task_group = self._bridge, self._task_group
+        if self._state is not _State.OPEN or bridge is None or task_group is None:
+            raise PoolClosed(f"pool {self.name!r} is closed")
+        worker = self._new_worker(bridge, writer=writer)
+        try:
+            await self._start_workers(task_group, bridge, [worker])
+            if self._state is not _State.OPEN:
+                raise PoolClosed(f"pool {self.name!r} was closed while a connection opened")
+        except Exception:
+            if not worker.opened:
+                self._failed += 1
+            worker.stop()
+            raise
+        except BaseException:
+            worker.stop()
+            raise
+        return worker
 
     async def _serve(self, worker: Worker) -> None:
+        returned = False
         try:
             await anyio.to_thread.run_sync(worker.run, limiter=self._thread_limiter)
+            returned = True
+        except Exception as exc:
+            returned = True
+            if self._state is not _State.OPEN or worker.stopping:
+                raise
+            # The thread ended between jobs without being stopped: the pool keeps
+            # serving on the other connections and replaces this one.
+            logger.error(
+                "pool %r: %s ended unexpectedly; replacing its connection",
+                self.name,
+                worker.thread_name,
+                exc_info=exc,
+            )
+            if self._bridge is not None:
+                self._bridge.drain()  # what the thread answered before it ended
+            worker.fail_pending()
+            self._lose(worker)
         finally:
-            # Normally the thread has returned and reported it. If this task was
-            # cancelled natively before the thread took up worker.run, it never will.
-            if worker.abandon():
+            # Normally the thread has reported its return by now (the report is queued
+            # before the call returns). It never will if this task was cancelled
+            # natively before the thread took up worker.run, or if the thread died
+            # before it could report.
+            if worker.abandon() or returned:
                 self._thread_exited(worker)
 
     def _thread_exited(self, worker: Worker) -> None:
         """Loop side: ``worker``'s thread has returned (or will never run)."""
-        if worker.role in self._open_roles:
-            self._open_roles.discard(worker.role)
+        if worker.exited:
+            return
+        worker.exited = True
+        if worker.opened:
+            worker.opened = False
             self._closed_connections += 1
+        if self._state is _State.OPEN:
+            # Its counts are final: keep them, and the worker need not be kept.
+            self._retired_interrupted += worker.interrupted
+            self._retired_rollbacks += worker.rollbacks
+            self._workers.remove(worker)
         self._threads -= 1
         if not self._threads:
             assert self._all_stopped is not None
             self._all_stopped.set()
+
+    # -- replacing connections -------------------------------------------------------
+
+    def _lane_of(self, worker: Worker) -> Lane | None:
+        return self._write_lane if worker.role == "writer" else self._read_lane
+
+    def _connection_broken(self, worker: Worker) -> None:
+        """Loop side: a job on ``worker`` failed in a way that means it is broken."""
+        if self._state is not _State.OPEN or worker.retiring:
+            return
+        logger.warning(
+            "pool %r: %s is broken (%s); replacing it",
+            self.name,
+            worker.thread_name,
+            worker.broken,
+        )
+        self._lose(worker)
+
+    def _lose(self, worker: Worker) -> None:
+        """Take a broken connection out of service; the upkeep task replaces it."""
+        lane = self._lane_of(worker)
+        if lane is None or worker.retiring or worker not in lane.workers:
+            return
+        self._lost += 1
+        lane.retire(worker)
+        if self._upkeep is not None:
+            self._upkeep.wake()
+
+    def _retired(self, worker: Worker) -> None:
+        """A connection has left its lane: stop it behind the jobs queued on it."""
+        worker.stop()
+        if self._upkeep is not None:
+            self._upkeep.wake()
+
+    async def resize(self, readers: int) -> None:
+        """Change the number of reader connections while the pool serves.
+
+        Growing opens the new readers (concurrently with the pool's work) and returns
+        once they serve; if one fails to open, none is added and the error is raised.
+        Shrinking takes free readers out of service at once and busy ones when their
+        borrowers give them back, letting statements already queued on them finish;
+        it does not wait for their threads to end.
+
+        Cancellation: a resize cancelled while new readers open adds none of them, and
+        the pool keeps its former size.
+        """
+        readers = check_int(readers, "readers", 1)
+        lane = self._lane(READ)
+        lock = self._resize_lock
+        assert lock is not None
+        async with lock:
+            lane = self._lane(READ)
+            current = self._readers_target
+            if readers > current:
+                opened: list[Worker] = []
+                try:
+                    for _ in range(readers - current):
+                        opened.append(await self._open_worker(writer=False))
+                except BaseException:
+                    for worker in opened:
+                        worker.stop()
+                    raise
+                for worker in opened:
+                    lane.add(worker)
+            elif readers < current:
+                surplus = len(lane.active()) - readers
+                if surplus > 0:
+                    # The least busy go first: free ones, then those with least queued.
+                    ranked = sorted(lane.active(), key=lambda w: (w.held, w.queued))
+                    for worker in ranked[:surplus]:
+                        lane.retire(worker)
+            self._readers_target = readers
+            if self._upkeep is not None:
+                self._upkeep.wake()
+
+
+def _open_job(worker: Worker, options: PoolOptions) -> None:
+    """Job, queued first on every worker: open its connection and note the file's
+    identity (to notice the file being replaced later)."""
+    worker.open()
+    worker.identity = file_identity(options)
 
 
 class Checkout:
@@ -598,13 +799,15 @@ class Checkout:
         pool = self._pool
         lane = self._lane = pool._lane(self._kind)
         # One clock read when a connection is free; two when the checkout has to wait.
-        if lane.idle and not lane.waiting:
+        if lane.idle and not lane.waiting and not pool._options.check:
             worker = await lane.acquire(self._timeout)
             start = self._start = monotonic()
             lane.acquire_wait.counts[0] += 1
         else:
             began = monotonic()
             worker = await lane.acquire(self._timeout)
+            if pool._options.check:
+                worker = await self._checked(lane, worker, began)
             start = self._start = monotonic()
             lane.acquire_wait.add(start - began)
         lane.checkouts += 1
@@ -615,6 +818,41 @@ class Checkout:
             worker, pool._bridge, self._kind, pool.name, pool._options.chunk_size
         )
         return conn
+
+    async def _checked(self, lane: Lane, worker: Worker, began: float) -> Worker:
+        """``worker`` if it passes its check, else another that does (``check=True``).
+
+        A connection that fails is counted as lost and replaced in the background.
+        Cancellation while a check runs gives the connection back.
+        """
+        pool = self._pool
+        bridge = pool._bridge
+        assert bridge is not None
+        while True:
+            job = Job(check_job, (pool._options,))
+            worker.submit(job)
+            try:
+                await bridge.wait(worker, job)
+            except BaseException:
+                lane.release(worker)
+                raise
+            error, job.error = job.error, None
+            reason: str | None = job.result if error is None else str(error)
+            if reason is None:
+                return worker
+            if not worker.retiring:  # else its error has been reported already
+                logger.warning(
+                    "pool %r: %s failed its check on checkout (%s); replacing it",
+                    pool.name,
+                    worker.thread_name,
+                    reason,
+                )
+                pool._lose(worker)
+            lane.release(worker)
+            timeout = self._timeout
+            if timeout is not None:
+                timeout = max(0.0, timeout - (monotonic() - began))
+            worker = await lane.acquire(timeout)
 
     async def __aexit__(
         self,

@@ -108,8 +108,14 @@ class PoolStatistics:
     connections_closed: int
     """SQLite connections closed: when the pool closes, or when one is replaced."""
     connections_replaced: int
-    """Connections closed and opened again while the pool was open (none so far: the
-    pool keeps its connections for its whole life)."""
+    """Connections retired while the pool was open and replaced by a new one: past
+    ``max_lifetime``, idle past ``max_idle``, or lost."""
+    connections_lost: int
+    """Connections found broken (a disk I/O error, the database file replaced under
+    them, a failed ``check``, a worker thread that died) and therefore replaced."""
+    connections_failed: int
+    """Attempts to open a connection while the pool was open (a replacement, or a new
+    reader of :meth:`Pool.resize`) that failed; replacements are retried."""
     checkpoints: int
     """WAL checkpoints run by the housekeeper and by :meth:`Pool.checkpoint`."""
     checkpoints_busy: int

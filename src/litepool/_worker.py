@@ -21,6 +21,8 @@ import traceback
 from collections.abc import Callable
 from typing import Any, Final
 
+from ._errors import ConnectionLost
+
 logger = logging.getLogger("litepool")
 
 #: How often an idle worker checks that its event loop and the interpreter still exist,
@@ -35,6 +37,29 @@ MAX_BATCH: Final = 64
 #: ``interrupt()`` was called, which SQLite would otherwise forget. Each call takes the
 #: GIL inside ``sqlite3_step``: every 1,000 instructions made a long query 40% slower.
 PROGRESS_INSTRUCTIONS: Final = 100_000
+
+# Error codes after which a connection is not worth keeping (sqlite3.h). An I/O error
+# means its file descriptors no longer work; a statement error (syntax, constraint, busy,
+# disk full) is the caller's, and the connection stays.
+_SQLITE_IOERR: Final = 10
+_SQLITE_CANTOPEN: Final = 14
+#: The database file was moved or replaced since this connection opened it (rollback
+#: journal modes report this on the first write).
+_SQLITE_READONLY_DBMOVED: Final = 8 | (4 << 8)
+
+
+def broken_reason(exc: BaseException) -> str | None:
+    """Why ``exc`` means that its connection is broken, or None if it does not."""
+    if not isinstance(exc, sqlite3.Error):
+        return None
+    # Errors raised by the sqlite3 module itself (wrong bindings, ...) carry no code.
+    code = getattr(exc, "sqlite_errorcode", None)
+    if code is None:
+        return None
+    if code & 0xFF in (_SQLITE_IOERR, _SQLITE_CANTOPEN) or code == _SQLITE_READONLY_DBMOVED:
+        return f"{exc.sqlite_errorname}: {exc}"
+    return None
+
 
 JobFn = Callable[..., Any]
 
@@ -92,18 +117,28 @@ class Worker:
         "_start_lock",
         "abandoned",
         "begin_failed",
+        "broken",
         "conn",
         "cursors",
+        "dead",
+        "exited",
+        "expires",
         "held",
+        "identity",
         "interrupted",
+        "on_broken",
         "on_exit",
+        "opened",
+        "pending",
         "progress",
         "queued",
         "ran",
+        "retiring",
         "role",
         "rollbacks",
         "stopping",
         "thread_name",
+        "used",
     )
 
     role: str
@@ -119,6 +154,15 @@ class Worker:
     ran: bool
     abandoned: bool
     begin_failed: bool
+    broken: str | None
+    identity: tuple[int, int] | None
+    dead: bool
+    exited: bool
+    retiring: bool
+    opened: bool
+    used: bool
+    expires: float
+    pending: set[Job]
 
     def __init__(
         self,
@@ -150,6 +194,13 @@ class Worker:
         self.begin_failed = False
         #: Called on the thread as the very last thing run() does.
         self.on_exit: Callable[[Worker], object] | None = None
+        #: Called on the thread, once, when a job fails with an error that means the
+        #: connection is broken (see :func:`broken_reason`); ``broken`` holds why.
+        self.on_broken: Callable[[Worker], object] | None = None
+        self.broken: str | None = None
+        #: Thread side, set when the connection opens: the database file's (device,
+        #: inode), to notice the file being replaced under the connection.
+        self.identity: tuple[int, int] | None = None
         self.conn: sqlite3.Connection | None = None
         # Open cursors of ``Connection.iterate``, keyed by iterator id. Thread-side only.
         self.cursors: dict[int, sqlite3.Cursor] = {}
@@ -162,6 +213,19 @@ class Worker:
         self.held = False
         self.interrupted = 0
         self.rollbacks = 0
+        # Loop side, for the pool's upkeep: whether the connection has opened; whether
+        # it answered anything since; when it is due for replacement (monotonic); whether
+        # it leaves its lane when its borrower gives it back; whether its thread ended
+        # without being stopped.
+        self.opened = False
+        self.used = False
+        self.expires = float("inf")
+        self.retiring = False
+        self.dead = False
+        self.exited = False  # loop side: the pool has counted the thread's return
+        # Loop side: the jobs submitted and not yet answered. A thread that dies may take
+        # one with it, already out of the queue: this is how its caller still hears.
+        self.pending = set()
 
     # -- event loop side -------------------------------------------------------------
 
@@ -170,7 +234,34 @@ class Worker:
         if not self.queued:
             self.progress = time.monotonic()
         self.queued += 1
+        self.pending.add(job)
+        if self.dead:
+            job.error = self._lost_error()
+            self._post(self, [job])
+            return
         self._jobs.put(job)
+
+    def fail_pending(self) -> None:
+        """Loop side, once the thread has ended unexpectedly and everything it answered
+        has been delivered: answer every job still unanswered with
+        :class:`ConnectionLost`, and every job queued from now on."""
+        self.dead = True
+        while True:
+            try:
+                self._jobs.get_nowait()
+            except queue.Empty:
+                break
+        failed = [job for job in self.pending if not job.done]
+        for job in failed:
+            job.error = self._lost_error()
+        if failed:
+            self._post(self, failed)
+
+    def _lost_error(self) -> ConnectionLost:
+        return ConnectionLost(
+            f"{self.thread_name}: the connection's worker thread ended unexpectedly; the "
+            "pool replaces the connection"
+        )
 
     def cancel(self, job: Job) -> None:
         """Stop ``job``: skip it if it has not started, interrupt SQLite if it is running.
@@ -206,6 +297,8 @@ class Worker:
         try:
             self._serve()
         finally:
+            # Jobs that finished before an unexpected end still get their answers.
+            self._flush()
             conn = self.conn
             if conn is not None:
                 self._close(conn)
@@ -256,7 +349,16 @@ class Worker:
                 if isinstance(item, _Stop):
                     stop = True
                 else:
-                    run(item)
+                    try:
+                        run(item)
+                    except BaseException as exc:
+                        # Only an exception raised into this thread from outside lands
+                        # here (run() keeps a job's own): the thread ends, its job
+                        # answered.
+                        item.error = self._lost_error()
+                        item.error.__cause__ = exc
+                        self._finished.append(item)
+                        raise
                     self._finished.append(item)
                     if len(self._finished) >= MAX_BATCH and not self._flush():
                         return
@@ -288,6 +390,12 @@ class Worker:
             job.result = job.fn(self, *job.args)
         except BaseException as exc:
             job.error = _detached(exc)
+            if self.broken is None:
+                reason = broken_reason(exc)
+                if reason is not None:
+                    self.broken = reason
+                    if self.on_broken is not None:
+                        self.on_broken(self)
         finally:
             with lock:
                 self._current = None
