@@ -389,7 +389,24 @@ async def check_still_serves(pool: litepool.Pool) -> None:
         assert await conn.fetchval("SELECT sum(balance) FROM accounts") == TOTAL
 
 
-async def run_storm(db_path: str, backend: str, seed: int, size: StormSize) -> None:
+async def churn(pool: litepool.Pool, done: anyio.Event) -> int:
+    """Resize the readers back and forth until ``done``, then back to READERS."""
+    resizes = 0
+    sizes = (READERS + 2, 1, READERS - 1, READERS + 1)
+    while not done.is_set():
+        await pool.resize(sizes[resizes % len(sizes)])
+        resizes += 1
+        with anyio.move_on_after(0.02):
+            await done.wait()
+    await pool.resize(READERS)
+    return resizes
+
+
+async def run_storm(
+    db_path: str, backend: str, seed: int, size: StormSize, *, churning: bool = False
+) -> None:
+    """The storm; with ``churning``, readers are also replaced every ~50 ms
+    (``max_lifetime``) and the pool is resized back and forth meanwhile."""
     signal = StartSignal()
     watchdog = LoopWatchdog()
     started = time.monotonic()
@@ -400,14 +417,28 @@ async def run_storm(db_path: str, backend: str, seed: int, size: StormSize) -> N
             readers=READERS,
             acquire_timeout=20,
             configure=watchdog.chain(signal.configure),
+            max_lifetime=0.05 if churning else None,
             name="storm",
         ) as pool,
     ):
         await setup_schema(pool)
         storm = Storm(pool, backend, seed, size)
         storm.tally.entered["write"] += 1  # setup_schema's checkout
+        resizes = 0
         with anyio.fail_after(300):
-            await storm.run()
+            if churning:
+                done = anyio.Event()
+
+                async def resizing() -> None:
+                    nonlocal resizes
+                    resizes = await churn(pool, done)
+
+                async with anyio.create_task_group() as tg:
+                    tg.start_soon(resizing)
+                    await storm.run()
+                    done.set()
+            else:
+                await storm.run()
         figures = await check_nothing_lost(pool, storm.tally)
         await check_still_serves(pool)
         stats = pool.statistics()
@@ -428,6 +459,11 @@ async def run_storm(db_path: str, backend: str, seed: int, size: StormSize) -> N
         f"interrupted: {stats.interrupted}, rollbacks: {stats.rollbacks}"
     )
     print(f"  writes: {figures}; lost: 0")
+    if churning:
+        assert resizes > 0
+        assert stats.connections_replaced > 0
+        assert stats.connections_lost == stats.connections_failed == 0
+        print(f"  resizes: {resizes}, connections replaced: {stats.connections_replaced}")
 
 
 async def test_cancellation_storm(db_path: str, anyio_backend: str, long_run: bool) -> None:
@@ -436,6 +472,16 @@ async def test_cancellation_storm(db_path: str, anyio_backend: str, long_run: bo
             await run_storm(f"{db_path}.{seed}", anyio_backend, seed, LONG)
     else:
         await run_storm(db_path, anyio_backend, 1, QUICK)
+
+
+async def test_cancellation_storm_while_connections_churn(
+    db_path: str, anyio_backend: str, long_run: bool
+) -> None:
+    if long_run:
+        for seed in range(11, 14):
+            await run_storm(f"{db_path}.{seed}", anyio_backend, seed, LONG, churning=True)
+    else:
+        await run_storm(db_path, anyio_backend, 2, QUICK, churning=True)
 
 
 async def run_with_native_cancel(
