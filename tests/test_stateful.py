@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import contextlib
 import sqlite3
 import tempfile
 import threading
@@ -508,21 +509,32 @@ class PoolMachine(RuleBasedStateMachine):
     @precondition(lambda self: not any(m.holders or m.waiters for m in self.lanes.values()))
     @rule()
     def every_connection_at_once(self) -> None:
+        readers = self.lanes["read"].size
         self.run(self._hold_everything)
-        self.lanes["read"].checkouts += READERS
+        self.lanes["read"].checkouts += readers
         self.lanes["write"].checkouts += 1
 
     async def _hold_everything(self) -> None:
         """Hold every connection at the same time: none is lost, none is handed out twice."""
         idents: set[int] = set()
-        async with (
-            self.pool.read(timeout=0) as r1,
-            self.pool.read(timeout=0) as r2,
-            self.pool.connection(timeout=0) as w,
-        ):
-            for conn in (r1, r2, w):
+        async with contextlib.AsyncExitStack() as stack:
+            conns = [
+                await stack.enter_async_context(self.pool.read(timeout=0))
+                for _ in range(self.lanes["read"].size)
+            ]
+            conns.append(await stack.enter_async_context(self.pool.connection(timeout=0)))
+            for conn in conns:
                 idents.add(await conn.run_sync(lambda raw: threading.get_ident()))
-        assert len(idents) == READERS + 1
+        assert len(idents) == self.lanes["read"].size + 1
+
+    @precondition(lambda self: not any(m.holders or m.waiters for m in self.lanes.values()))
+    @rule(readers=st.integers(1, 3))
+    def resize(self, readers: int) -> None:
+        async def step() -> None:
+            await self.pool.resize(readers)
+
+        self.run(step)
+        self.lanes["read"].size = readers
 
     # -- after every step --------------------------------------------------------------
 
