@@ -743,7 +743,7 @@ class Pool:
         the pool keeps its former size.
         """
         readers = check_int(readers, "readers", 1)
-        lane = self._lane(READ)
+        self._lane(READ)  # fail now if the pool is not open, before waiting for the lock
         lock = self._resize_lock
         assert lock is not None
         async with lock:
