@@ -8,10 +8,13 @@ import json
 import os
 import subprocess
 import sys
+import threading
 from pathlib import Path
 from typing import Any
 
 import pytest
+
+from litepool._bench._wakeup import thread_round_trip_us
 
 BENCH_TIMEOUT = 120  # seconds; the quick runs below take about 20 and 10
 
@@ -40,6 +43,12 @@ def test_the_test_environment_has_every_contender_and_the_bench_extra() -> None:
     missing = [name for name in CONTENDER_MODULES if not _installed(name)]
     missing += [name for name in ("rich", "matplotlib") if not importlib.util.find_spec(name)]
     assert missing == [], f"install the test extra: pip install -e '.[test]' ({missing})"
+
+
+def test_the_round_trip_probe_measures_and_leaves_no_thread() -> None:
+    before = threading.enumerate()
+    assert 0 < thread_round_trip_us(samples=20) < 1_000_000
+    assert threading.enumerate() == before
 
 
 def _run(*args: str) -> subprocess.CompletedProcess[str]:
@@ -75,6 +84,8 @@ def test_quick_bench_reports_every_contender_and_keeps_invariants(tmp_path: Path
     assert data["kind"] == "litepool-bench"
     assert data["config"]["quick"] is True
     assert data["machine"]["cpus"] >= 1
+    assert 1 <= data["machine"]["usable_cpus"] <= data["machine"]["cpus"]
+    assert data["machine"]["thread_round_trip_us"] > 0
     runs = {(run["workload"], run["contender"]): run for run in data["measurements"]}
     assert len(runs) == len(data["measurements"])  # --quick is one round
     for contender in CONTENDER_MODULES:
@@ -114,6 +125,7 @@ def test_quick_bench_reports_every_contender_and_keeps_invariants(tmp_path: Path
     assert text.endswith("\nafter\n")
     assert "old" not in text
     assert "| point-reads | sqlite3 |" in text
+    assert "round trip:" in text
     assert "litepool-asyncio / aiosqlite-shared" in text or not _installed("aiosqlite-shared")
 
     assert "litepool-asyncio" in result.stdout

@@ -270,10 +270,18 @@ def machine_line(machine: dict[str, Any]) -> str:
     packages = machine.get("packages", {})
     installed = ", ".join(f"{name} {version}" for name, version in packages.items() if version)
     cpu = machine.get("cpu_model") or "unknown CPU"
-    return (
-        f"{machine.get('cpus')} CPUs ({cpu}), {machine.get('platform')}, "
+    cpus = f"{machine.get('cpus')} CPUs"
+    usable = machine.get("usable_cpus")
+    if usable is not None and usable != machine.get("cpus"):
+        cpus += f", {usable} usable by this process"
+    line = (
+        f"{cpus} ({cpu}), {machine.get('platform')}, "
         f"{machine.get('python')}, SQLite {machine.get('sqlite')}; {installed}"
     )
+    trip = machine.get("thread_round_trip_us")
+    if trip is not None:
+        line += f"; bare event loop → thread → event loop round trip: {trip:,.0f} µs (median)"
+    return line
 
 
 def results_markdown(data: dict[str, Any]) -> str:

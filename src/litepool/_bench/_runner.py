@@ -17,7 +17,7 @@ from typing import Any, Final, Protocol
 
 import anyio
 
-from . import _db
+from . import _db, _wakeup
 from ._contenders import AsyncOps, Contender, Settings
 from ._workloads import Picker, Workload, async_step, sync_step
 
@@ -331,6 +331,8 @@ def machine() -> dict[str, Any]:
     """What the figures were measured on."""
     return {
         "cpus": os.cpu_count(),
+        # Fewer when the process is pinned (taskset): then the threads share CPUs.
+        "usable_cpus": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None,
         "cpu_model": _cpu_model(),
         "platform": platform.platform(),
         "python": f"{platform.python_implementation()} {platform.python_version()}",
@@ -339,6 +341,7 @@ def machine() -> dict[str, Any]:
             name: _version_of(name)
             for name in ("litepool", "anyio", "trio", "aiosqlite", "aiosqlitepool", "sqlite-anyio")
         },
+        "thread_round_trip_us": _wakeup.thread_round_trip_us(),
     }
 
 
