@@ -31,17 +31,19 @@ from typing import TYPE_CHECKING, Any, Final
 
 from ._errors import PoolClosed, PoolTimeout
 from ._stats import LaneStatistics, Recorder
-from ._worker import Job, Worker
+from ._worker import MAX_BATCH, Job, JobCost, Worker
 
 if TYPE_CHECKING:
     from ._bridge import Bridge
 
-#: A connection with this many single statements queued is passed over for the next one
-#: in favour of a less busy connection. Below it, statements gather on as few threads as
-#: possible, which then stay awake and answer many statements per wake-up.
-SPILL_DEPTH: Final = 8
-#: ... and so is a connection that has not answered anything for this many seconds.
+#: Single statements gather on as few threads as possible, which then stay awake and
+#: answer many statements per wake-up, as long as a connection's queue is expected to be
+#: done within this many seconds (queued statements times the lane's average job time)
+#: and it has answered something within them; past that, the next statement goes to a
+#: less busy connection, so that long statements run side by side on several threads.
 SPILL_AFTER: Final = 0.002
+#: ... and never more statements than the thread answers in one batch.
+SPILL_DEPTH: Final = MAX_BATCH
 
 _WAITING: Final = 0
 _GRANTED: Final = 1
@@ -70,6 +72,7 @@ class Lane:
         "acquire_wait",
         "checkouts",
         "closed",
+        "cost",
         "holders",
         "idle",
         "kind",
@@ -86,6 +89,9 @@ class Lane:
         self.kind = kind
         self.pool_name = pool_name
         self.workers = workers
+        self.cost = JobCost()
+        for worker in workers:
+            worker.cost = self.cost
         self._bridge = bridge
         self.idle = len(workers)  # workers not held by a checkout
         self._waiters: deque[Waiter] = deque()
@@ -155,6 +161,7 @@ class Lane:
 
     def add(self, worker: Worker) -> None:
         """A new connection joins the lane and serves the first waiter, if any."""
+        worker.cost = self.cost
         self.workers.append(worker)
         self.idle += 1
         if self.waiting:
@@ -266,7 +273,7 @@ class Lane:
             queued = worker.queued
             if not queued:
                 return worker
-            if queued < SPILL_DEPTH:
+            if queued < SPILL_DEPTH and queued * self.cost.seconds < SPILL_AFTER:
                 # Gather on a busy connection only while it keeps answering: one that has
                 # been on the same work for a while is running something long.
                 now = now or time.monotonic()

@@ -19,6 +19,7 @@ import threading
 import time
 import traceback
 from collections.abc import Callable
+from time import perf_counter
 from typing import Any, Final
 
 from ._errors import ConnectionLost
@@ -62,6 +63,24 @@ def broken_reason(exc: BaseException) -> str | None:
 
 
 JobFn = Callable[..., Any]
+
+#: Weight of the newest job in :attr:`JobCost.seconds`, a running average.
+COST_WEIGHT: Final = 0.2
+
+
+class JobCost:
+    """How long a job takes on the connections of one lane: a running average in seconds,
+    written by their threads after every job (a lost update between two of them only
+    drops one sample) and read by the lane to decide how much to queue on one thread."""
+
+    __slots__ = ("seconds",)
+
+    def __init__(self) -> None:
+        self.seconds = 0.0
+
+    def add(self, seconds: float) -> None:
+        average = self.seconds
+        self.seconds = seconds if not average else average + (seconds - average) * COST_WEIGHT
 
 
 class Job:
@@ -119,6 +138,7 @@ class Worker:
         "begin_failed",
         "broken",
         "conn",
+        "cost",
         "cursors",
         "dead",
         "exited",
@@ -144,6 +164,7 @@ class Worker:
     role: str
     thread_name: str
     conn: sqlite3.Connection | None
+    cost: JobCost
     cursors: dict[int, sqlite3.Cursor]
     stopping: bool
     queued: int
@@ -202,6 +223,8 @@ class Worker:
         #: inode), to notice the file being replaced under the connection.
         self.identity: tuple[int, int] | None = None
         self.conn: sqlite3.Connection | None = None
+        #: Shared with the other connections of its lane once it joins one.
+        self.cost = JobCost()
         # Open cursors of ``Connection.iterate``, keyed by iterator id. Thread-side only.
         self.cursors: dict[int, sqlite3.Cursor] = {}
         self.stopping = False
@@ -386,6 +409,7 @@ class Worker:
         lock = self._lock
         with lock:
             self._current = job
+        started = perf_counter()
         try:
             job.result = job.fn(self, *job.args)
         except BaseException as exc:
@@ -399,6 +423,7 @@ class Worker:
         finally:
             with lock:
                 self._current = None
+            self.cost.add(perf_counter() - started)
 
     def open(self) -> None:
         """Job: open the connection. Queued first; if it fails the thread returns."""
