@@ -75,10 +75,13 @@ class JobCost:
 
     __slots__ = ("seconds",)
 
+    seconds: float
+
     def __init__(self) -> None:
         self.seconds = 0.0
 
     def add(self, seconds: float) -> None:
+        """Thread side: count one job that took ``seconds``."""
         average = self.seconds
         self.seconds = seconds if not average else average + (seconds - average) * COST_WEIGHT
 
