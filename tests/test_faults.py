@@ -343,12 +343,16 @@ async def test_file_that_is_not_a_database(tmp_path: Path) -> None:
     assert litepool_threads() == []
 
 
-async def test_missing_directory_then_created(tmp_path: Path) -> None:
+async def test_missing_directory_then_created(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
     path = tmp_path / "not-yet" / "app.db"
     with pytest.raises(sqlite3.OperationalError, match="unable to open database file"):
         async with litepool.open_pool(path, readers=2):
             pass  # pragma: no cover
     assert litepool_threads() == []
+    # Nothing had opened, so nothing was broken or replaced: the error says it all.
+    assert [r.getMessage() for r in caplog.records if r.name == "litepool"] == []
     assert not path.parent.exists()
 
     path.parent.mkdir()

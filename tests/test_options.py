@@ -99,3 +99,48 @@ def test_default_pragmas_are_production_defaults() -> None:
     assert litepool.DEFAULT_PRAGMAS["synchronous"] == "normal"
     assert litepool.DEFAULT_PRAGMAS["foreign_keys"] == "on"
     assert int(litepool.DEFAULT_PRAGMAS["busy_timeout"]) > 0
+
+
+BAD_TIMEOUTS = [
+    (-1, ValueError, "timeout must be >= 0 seconds or None, got -1"),
+    (math.nan, ValueError, "timeout must be >= 0 seconds or None, got nan"),
+    ("1", TypeError, "timeout must be a number of seconds or None, not '1'"),
+    (True, TypeError, "timeout must be a number of seconds or None, not True"),
+]
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize(("timeout", "error", "message"), BAD_TIMEOUTS)
+async def test_bad_timeout_is_refused_on_every_path_before_anything_runs(
+    tmp_path: Path, timeout: Any, error: type[Exception], message: str
+) -> None:
+    """Checked even when a connection is free, so that no call runs with it."""
+    async with litepool.open_pool(tmp_path / "t.db", readers=1) as pool:
+        await pool.execute("CREATE TABLE t (v)")
+        calls: dict[str, Any] = {
+            "read": lambda: pool.read(timeout=timeout),
+            "write": lambda: pool.write(timeout=timeout),
+            "connection": lambda: pool.connection(timeout=timeout),
+            "fetchone": lambda: pool.fetchone("SELECT 1", timeout=timeout),
+            "fetchall": lambda: pool.fetchall("SELECT 1", timeout=timeout),
+            "fetchval": lambda: pool.fetchval("SELECT 1", timeout=timeout),
+            "execute": lambda: pool.execute("INSERT INTO t VALUES (1)", timeout=timeout),
+            "executemany": lambda: pool.executemany(
+                "INSERT INTO t VALUES (?)", [(1,)], timeout=timeout
+            ),
+            "checkpoint": lambda: pool.checkpoint(timeout=timeout),
+            "backup": lambda: pool.backup(str(tmp_path / "copy.db"), timeout=timeout),
+        }
+        for name, call in calls.items():
+            with pytest.raises(error) as caught:
+                result = call()
+                if hasattr(result, "__aenter__"):
+                    async with result:
+                        pass
+                else:
+                    await result
+            assert message in str(caught.value), name
+        stats = pool.statistics()
+        assert stats.read.statements == stats.write.statements - 1 == 0
+        assert await pool.fetchval("SELECT count(*) FROM t") == 0
+        assert not (tmp_path / "copy.db").exists()

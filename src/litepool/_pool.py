@@ -345,10 +345,12 @@ class Pool:
         timeout: float | _Unset | None,
     ) -> Any:
         lane = self._lane(kind)
+        # Checked before anything is queued, also when no waiting will be needed.
+        wait = self._timeout(timeout)
         job = Job(fn, args)
         worker = lane.try_dispatch(job)
         if worker is None:
-            worker = await lane.dispatch(job, self._timeout(timeout))
+            worker = await lane.dispatch(job, wait)
         bridge = self._bridge
         assert bridge is not None
         await bridge.wait(worker, job)
@@ -704,8 +706,8 @@ class Pool:
 
     def _connection_broken(self, worker: Worker) -> None:
         """Loop side: a job on ``worker`` failed in a way that means it is broken."""
-        if self._state is not _State.OPEN or worker.retiring:
-            return
+        if self._state is not _State.OPEN or worker.retiring or not worker.opened:
+            return  # a connection that never opened is reported by its opener
         logger.warning(
             "pool %r: %s is broken (%s); replacing it",
             self.name,

@@ -22,7 +22,7 @@ from collections.abc import Callable
 from time import perf_counter
 from typing import Any, Final
 
-from ._errors import ConnectionLost
+from ._errors import ConnectionLost, PoolClosed
 
 logger = logging.getLogger("litepool")
 
@@ -261,8 +261,9 @@ class Worker:
             self.progress = time.monotonic()
         self.queued += 1
         self.pending.add(job)
-        if self.dead:
-            job.error = self._lost_error()
+        if self.stopping or self.dead:
+            # Nothing may queue behind the stop: the thread would never answer it.
+            job.error = self._closed_error() if self.stopping else self._lost_error()
             self._post(self, [job])
             return
         self._jobs.put(job)
@@ -282,6 +283,12 @@ class Worker:
             job.error = self._lost_error()
         if failed:
             self._post(self, failed)
+
+    def _closed_error(self) -> PoolClosed:
+        return PoolClosed(
+            f"{self.thread_name}: the pool closed (or replaced this connection) before the "
+            "call could run; it did not run"
+        )
 
     def _lost_error(self) -> ConnectionLost:
         return ConnectionLost(
