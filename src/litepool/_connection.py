@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any, Final, TypeVar
 
 from ._errors import ConnectionReleased, PoolClosed, PoolError, PoolForked, TransactionAborted
 from ._fork import inherited
+from ._script import split_script
 from ._worker import Job, Worker
 
 if TYPE_CHECKING:
@@ -71,6 +72,9 @@ def _executescript(worker: Worker, script: str) -> None:
     cursor = worker.conn.cursor()  # type: ignore[union-attr]
     try:
         for statement in split_script(script):
+            if worker.current_cancelled():
+                # Between two statements nothing runs for interrupt() to stop.
+                raise sqlite3.OperationalError("interrupted")
             cursor.execute(statement)
     finally:
         cursor.close()
@@ -170,24 +174,6 @@ def _commit(worker: Worker) -> None:
 
 def _rollback(worker: Worker) -> None:
     worker.conn.rollback()  # type: ignore[union-attr]
-
-
-def split_script(script: str) -> list[str]:
-    """Split an SQL script into complete statements, as SQLite's tokenizer sees them."""
-    statements: list[str] = []
-    start = 0
-    position = script.find(";")
-    while position != -1:
-        candidate = script[start : position + 1]
-        if sqlite3.complete_statement(candidate):
-            if candidate.strip(" \t\r\n;"):
-                statements.append(candidate)
-            start = position + 1
-        position = script.find(";", position + 1)
-    tail = script[start:]
-    if tail.strip():
-        statements.append(tail)
-    return statements
 
 
 def check_sql(sql: object, params: object) -> None:
