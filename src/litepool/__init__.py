@@ -18,6 +18,7 @@ from ._errors import (
     PoolError,
     PoolForked,
     PoolTimeout,
+    StatementRefused,
     TransactionAborted,
 )
 from ._generic import SQLiteConnectionPool
@@ -47,6 +48,7 @@ __all__ = [
     "PoolTimeout",
     "Rows",
     "SQLiteConnectionPool",
+    "StatementRefused",
     "TransactionAborted",
     "__version__",
     "dict_row",

@@ -137,20 +137,24 @@ def _iter_close(worker: Worker, key: int) -> None:
 def in_transaction(worker: Worker, fn: Callable[..., Any], args: tuple[Any, ...]) -> Any:
     """``fn`` inside BEGIN IMMEDIATE ... COMMIT, rolled back if anything fails."""
     conn = worker.conn
+    guard = worker.guard
     assert conn is not None
-    conn.execute("BEGIN IMMEDIATE")
+    assert guard is not None
+    guard.begin()
     try:
         result = fn(worker, *args)
         if worker.current_cancelled():
             # The statement finished before the interrupt reached it; its caller is gone,
             # so do not commit what it can no longer be told about.
             raise sqlite3.OperationalError("interrupted")
-        conn.execute("COMMIT")
+        guard.commit()
     except BaseException:
         if conn.in_transaction:
             worker.rollbacks += 1
-            conn.execute("ROLLBACK")
+            guard.rollback()
         raise
+    finally:
+        guard.leave()
     return result
 
 
@@ -162,8 +166,10 @@ def _begin_then(worker: Worker, fn: Callable[..., Any], args: tuple[Any, ...]) -
     # BEGIN IMMEDIATE rides with the transaction's first statement: one round trip saved.
     # IMMEDIATE takes the write lock now, so a read-modify-write cannot lose an update and
     # a conflict waits on the busy timeout instead of failing with SQLITE_BUSY_SNAPSHOT.
+    guard = worker.guard
+    assert guard is not None
     worker.begin_failed = True
-    worker.conn.execute("BEGIN IMMEDIATE")  # type: ignore[union-attr]
+    guard.begin()
     worker.begin_failed = False
     return fn(worker, *args)
 

@@ -6,6 +6,8 @@ they are, so that code written against :mod:`sqlite3` keeps catching what it exp
 
 from __future__ import annotations
 
+import sqlite3
+
 
 class PoolError(Exception):
     """Base class of every error raised by litepool itself."""
@@ -59,4 +61,16 @@ class PoolForked(PoolError):
     them, and SQLite connections must never be used across a fork. The child's copy of
     the pool refuses every use, and never closes (or otherwise touches) the inherited
     connections. Open a new pool in the child instead.
+    """
+
+
+class StatementRefused(PoolError, sqlite3.ProgrammingError):
+    """A statement was refused before it ran, because it would break a guarantee.
+
+    Raised for ``BEGIN``, ``COMMIT``, ``END`` and ``ROLLBACK`` (as SQL, in a script, or
+    from a ``run_sync`` function) inside a :meth:`Pool.write` block or a
+    :meth:`Pool.execute` call, whose transaction the pool begins and ends itself: ending
+    it early would let the rest of the block commit piece by piece. The transaction is
+    still open and the caller may go on. ``SAVEPOINT``, ``RELEASE`` and ``ROLLBACK TO``
+    are allowed. It is also an :class:`sqlite3.ProgrammingError`.
     """

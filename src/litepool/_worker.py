@@ -23,6 +23,7 @@ from time import perf_counter
 from typing import Any, Final
 
 from ._errors import ConnectionLost, PoolClosed
+from ._guard import TransactionGuard
 
 logger = logging.getLogger("litepool")
 
@@ -146,6 +147,7 @@ class Worker:
         "dead",
         "exited",
         "expires",
+        "guard",
         "held",
         "identity",
         "interrupted",
@@ -187,6 +189,7 @@ class Worker:
     used: bool
     expires: float
     pending: set[Job]
+    guard: TransactionGuard | None
 
     def __init__(
         self,
@@ -226,6 +229,9 @@ class Worker:
         #: inode), to notice the file being replaced under the connection.
         self.identity: tuple[int, int] | None = None
         self.conn: sqlite3.Connection | None = None
+        #: The writer's authorizer (thread side), which refuses transaction statements
+        #: inside the transactions the pool manages; None on readers.
+        self.guard = None
         #: Shared with the other connections of its lane once it joins one.
         self.cost = JobCost()
         # Open cursors of ``Connection.iterate``, keyed by iterator id. Thread-side only.
@@ -423,6 +429,9 @@ class Worker:
         try:
             job.result = job.fn(self, *job.args)
         except BaseException as exc:
+            guard = self.guard
+            if guard is not None:
+                exc = guard.refusal(exc)
             job.error = _detached(exc)
             if self.broken is None:
                 reason = broken_reason(exc)
@@ -439,6 +448,8 @@ class Worker:
         """Job: open the connection. Queued first; if it fails the thread returns."""
         conn = self._opener()
         conn.set_progress_handler(self._progress, PROGRESS_INSTRUCTIONS)
+        if self.role == "writer":
+            self.guard = TransactionGuard(conn)
         self.conn = conn
 
     def _close(self, conn: sqlite3.Connection) -> None:
@@ -492,23 +503,33 @@ def reset(worker: Worker) -> None:
     close_cursors(worker)
     conn = worker.conn
     assert conn is not None
+    guard = worker.guard
     if conn.in_transaction:
         worker.rollbacks += 1
         try:
-            conn.execute("ROLLBACK")
+            if guard is not None:
+                guard.rollback()
+            else:
+                conn.rollback()
         except sqlite3.Error:
             logger.exception("%s: rollback on return failed", worker.thread_name)
+    if guard is not None:
+        guard.leave()
 
 
 def commit_or_rollback(worker: Worker) -> None:
     """COMMIT; if that fails, ROLLBACK so that the next writer starts clean, and raise."""
     close_cursors(worker)
     conn = worker.conn
+    guard = worker.guard
     assert conn is not None
+    assert guard is not None
     try:
-        conn.execute("COMMIT")
+        guard.commit()
     except BaseException:
         if conn.in_transaction:
             worker.rollbacks += 1
-            conn.execute("ROLLBACK")
+            guard.rollback()
         raise
+    finally:
+        guard.leave()
