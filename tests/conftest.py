@@ -1,8 +1,10 @@
 from __future__ import annotations
 
+import contextlib
 import sqlite3
 import threading
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import AbstractAsyncContextManager
 from pathlib import Path
 
 import anyio
@@ -58,6 +60,33 @@ class StartSignal:
 @pytest.fixture
 def start_signal() -> StartSignal:
     return StartSignal()
+
+
+@contextlib.asynccontextmanager
+async def held_by_another_task(
+    *checkouts: AbstractAsyncContextManager[object],
+) -> AsyncIterator[None]:
+    """Hold ``checkouts`` in a task of their own while the block runs.
+
+    A task asking for a connection that only it could give back gets ``WouldDeadlock``;
+    to make a call wait for (or time out on) a busy pool, another task holds it.
+    """
+    held, release = anyio.Event(), anyio.Event()
+
+    async def hold() -> None:
+        async with contextlib.AsyncExitStack() as stack:
+            for checkout in checkouts:
+                await stack.enter_async_context(checkout)
+            held.set()
+            await release.wait()
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(hold)
+        await held.wait()
+        try:
+            yield
+        finally:
+            release.set()
 
 
 def litepool_threads() -> list[str]:

@@ -110,19 +110,34 @@ async def test_timeout_names_the_holders(db_path: str) -> None:
             with pytest.raises(litepool.PoolTimeout, match="held by 'migrating-task' for"):
                 await pool.execute("SELECT 1", timeout=0)
             release.set()
-        with pytest.raises(litepool.PoolTimeout) as excinfo:
-            async with pool.write(), pool.write(timeout=0):
-                pass  # pragma: no cover
-        assert f"held by {anyio.get_current_task().name!r} for " in str(excinfo.value)
+        release = anyio.Event()
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(hold, pool.write(), name="writing-task")
+            await anyio.wait_all_tasks_blocked()
+            with pytest.raises(litepool.PoolTimeout) as excinfo:
+                async with pool.write(timeout=0):
+                    pass  # pragma: no cover
+            release.set()
+        assert "held by 'writing-task' for " in str(excinfo.value)
 
 
 async def test_without_leak_timeout_nothing_is_recorded(db_path: str) -> None:
     async with litepool.open_pool(db_path, readers=1) as pool:
         assert pool._leaks is None
-        async with pool.read():
+        held, release = anyio.Event(), anyio.Event()
+
+        async def hold() -> None:
+            async with pool.read():
+                held.set()
+                await release.wait()
+
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(hold)
+            await held.wait()
             with pytest.raises(litepool.PoolTimeout) as excinfo:
                 async with pool.read(timeout=0):
                     pass  # pragma: no cover
+            release.set()
         assert "held by" not in str(excinfo.value)
 
 

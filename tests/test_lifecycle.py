@@ -13,7 +13,7 @@ import pytest
 
 import litepool
 
-from .conftest import litepool_threads
+from .conftest import held_by_another_task, litepool_threads
 
 pytestmark = pytest.mark.anyio
 
@@ -41,7 +41,7 @@ async def test_workers_do_not_use_the_default_thread_limiter(db_path: str) -> No
 
 async def test_timeout_names_lane_timeout_and_counts(db_path: str) -> None:
     async with litepool.open_pool(db_path, readers=1, acquire_timeout=0.05, name="tiny") as pool:
-        async with pool.read():
+        async with held_by_another_task(pool.read()):
             with pytest.raises(litepool.PoolTimeout) as excinfo:
                 async with pool.read():
                     pass  # pragma: no cover
@@ -50,7 +50,7 @@ async def test_timeout_names_lane_timeout_and_counts(db_path: str) -> None:
             "pool 'tiny': no read connection became free within 0.05 s "
             "(in use: 1, idle: 0, waiting: 0)"
         )
-        async with pool.write():
+        async with held_by_another_task(pool.write()):
             with pytest.raises(litepool.PoolTimeout, match=r"no write connection .* within 0 s"):
                 async with pool.write(timeout=0):
                     pass  # pragma: no cover
@@ -69,7 +69,7 @@ async def test_timeout_message_counts_other_waiters(db_path: str) -> None:
             async with pool.read():
                 pass
 
-        async with anyio.create_task_group() as tg, pool.read():
+        async with anyio.create_task_group() as tg, held_by_another_task(pool.read()):
             tg.start_soon(patient)
             await anyio.wait_all_tasks_blocked()
             with pytest.raises(litepool.PoolTimeout, match=r"in use: 1, idle: 0, waiting: 1\)"):

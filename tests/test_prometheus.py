@@ -19,6 +19,8 @@ from prometheus_client.samples import Sample
 import litepool
 from litepool.prometheus import PoolCollector
 
+from .conftest import held_by_another_task
+
 pytestmark = pytest.mark.anyio
 
 #: Keys that hold the current state: gauges. Every other numeric key only grows: a counter.
@@ -69,7 +71,7 @@ async def do_some_work(pool: litepool.Pool) -> None:
         await conn.execute("INSERT INTO t VALUES (4)")
     async with pool.read() as conn:
         assert await conn.fetchone("SELECT max(x) FROM t") == (4,)
-    async with pool.read(), pool.read():  # every reader held
+    async with held_by_another_task(pool.read(), pool.read()):  # every reader held
         with pytest.raises(litepool.PoolTimeout):
             async with pool.read(timeout=0.01):
                 pass

@@ -13,7 +13,7 @@ import pytest
 
 import litepool
 
-from .conftest import LONG_QUERY, CancellableTask, StartSignal
+from .conftest import LONG_QUERY, CancellableTask, StartSignal, held_by_another_task
 
 pytestmark = pytest.mark.anyio
 
@@ -70,7 +70,7 @@ async def test_statements_never_run_inside_a_checkouts_transaction(db_path: str)
 
 async def test_statements_wait_behind_held_readers_and_time_out(db_path: str) -> None:
     async with litepool.open_pool(db_path, readers=1, acquire_timeout=0.05) as pool:
-        async with pool.read():
+        async with held_by_another_task(pool.read()):
             with pytest.raises(litepool.PoolTimeout, match="no read connection"):
                 await pool.fetchval("SELECT 1")
             with pytest.raises(litepool.PoolTimeout, match="within 0 s"):

@@ -20,6 +20,7 @@ from ._errors import (
     PoolTimeout,
     StatementRefused,
     TransactionAborted,
+    WouldDeadlock,
 )
 from ._generic import SQLiteConnectionPool
 from ._housekeeping import CheckpointResult
@@ -50,6 +51,7 @@ __all__ = [
     "SQLiteConnectionPool",
     "StatementRefused",
     "TransactionAborted",
+    "WouldDeadlock",
     "__version__",
     "dict_row",
     "open_pool",

@@ -51,7 +51,10 @@ def _main_thread_alive() -> bool:
 class Bridge:
     """The per-pool doorbell: worker threads post finished jobs, the loop wakes waiters."""
 
-    __slots__ = ("_call_soon", "_done", "_gone", "_scheduled")
+    __slots__ = ("_call_soon", "_done", "_gone", "_scheduled", "current_task")
+
+    #: The calling task, as the backend knows it (an identity for "the same task").
+    current_task: Callable[[], object]
 
     def __init__(self, call_soon: Callable[[Callable[[], object]], object]) -> None:
         self._call_soon = call_soon
@@ -150,6 +153,7 @@ class _AsyncioBridge(Bridge):
 
     def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
         super().__init__(loop.call_soon_threadsafe)
+        self.current_task = asyncio.current_task
         self._loop = loop
         self._create_future = loop.create_future
         self._shield = functools.partial(type(anyio.CancelScope()), shield=True)
@@ -221,6 +225,7 @@ class _TrioBridge(Bridge):
         import trio
 
         super().__init__(token.run_sync_soon)
+        self.current_task = trio.lowlevel.current_task
         self._run_sync_soon = token.run_sync_soon
         self._current_task = trio.lowlevel.current_task
         self._wait = trio.lowlevel.wait_task_rescheduled

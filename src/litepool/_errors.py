@@ -74,3 +74,14 @@ class StatementRefused(PoolError, sqlite3.ProgrammingError):
     still open and the caller may go on. ``SAVEPOINT``, ``RELEASE`` and ``ROLLBACK TO``
     are allowed. It is also an :class:`sqlite3.ProgrammingError`.
     """
+
+
+class WouldDeadlock(PoolError, RuntimeError):
+    """The call could only be served by a connection that the calling task holds itself.
+
+    For example ``pool.execute()``, ``pool.write()`` or ``pool.connection()`` inside a
+    ``pool.write()`` block of the same task (there is one writer, and this task holds
+    it), or a reader checkout in a task that holds every reader. Waiting would wait for
+    itself, so the call raises at once; the message names the checkout the task holds
+    and where it was taken. Use the connection you hold, or leave its block first.
+    """

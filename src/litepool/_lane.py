@@ -27,9 +27,9 @@ from __future__ import annotations
 import time
 from collections import deque
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any, Final
+from typing import TYPE_CHECKING, Any, Final, Protocol
 
-from ._errors import PoolClosed, PoolTimeout
+from ._errors import PoolClosed, PoolTimeout, WouldDeadlock
 from ._stats import LaneStatistics, Recorder
 from ._worker import MAX_BATCH, Job, JobCost, Worker
 
@@ -50,23 +50,37 @@ _GRANTED: Final = 1
 _GONE: Final = 2
 
 
+class Borrower(Protocol):
+    """Who holds a connection: enough to tell a task that it would wait for itself."""
+
+    @property
+    def task(self) -> object:
+        """The holding task, as :attr:`Bridge.current_task` returns it."""
+
+    def describe(self) -> str:
+        """The checkout and where it was taken, for error messages."""
+
+
 class Waiter:
     """A task waiting for a connection. ``waker`` belongs to the bridge."""
 
-    __slots__ = ("state", "waker", "worker")
+    __slots__ = ("borrower", "state", "waker", "worker")
 
     state: int
     waker: Any
     worker: Worker | None
+    borrower: Borrower | None
 
-    def __init__(self) -> None:
+    def __init__(self, borrower: Borrower | None) -> None:
         self.state = _WAITING
         self.waker: Any = None
         self.worker: Worker | None = None
+        self.borrower = borrower
 
 
 class Lane:
     __slots__ = (
+        "_borrowers",
         "_bridge",
         "_waiters",
         "acquire_wait",
@@ -94,6 +108,8 @@ class Lane:
             worker.cost = self.cost
         self._bridge = bridge
         self.idle = len(workers)  # workers not held by a checkout
+        # Who holds each connection that a checkout holds.
+        self._borrowers: dict[Worker, Borrower] = {}
         self._waiters: deque[Waiter] = deque()
         self.waiting = 0  # waiters in the queue
         self.checkouts = 0
@@ -111,8 +127,14 @@ class Lane:
 
     # -- exclusive checkouts -------------------------------------------------------------
 
-    async def acquire(self, timeout: float | None) -> Worker:
+    async def acquire(
+        self, timeout: float | None, borrower: Borrower | None = None, what: str = ""
+    ) -> Worker:
         """Hold a connection alone, waiting at most ``timeout`` seconds for one.
+
+        ``borrower`` is recorded as its holder; ``what`` names the call for the error
+        raised when the calling task already holds every connection of the lane
+        (:class:`~litepool.WouldDeadlock`).
 
         Cancellation: a caller cancelled while it waits, or at the moment a connection
         is handed to it, holds nothing afterwards; the connection goes to the next waiter.
@@ -120,8 +142,10 @@ class Lane:
         if self.closed:
             raise PoolClosed(f"pool {self.pool_name!r} is closed")
         if self.idle and not self.waiting:
-            return self._hold()
-        waiter = Waiter()
+            return self._hold(borrower)
+        if self._borrowers:
+            self._refuse_waiting_for_itself(what)
+        waiter = Waiter(borrower)
         self._waiters.append(waiter)
         self.waiting += 1
         try:
@@ -144,12 +168,27 @@ class Lane:
             )
         return worker
 
+    def _refuse_waiting_for_itself(self, what: str) -> None:
+        """Raise if the calling task holds every connection: it would wait for itself."""
+        task = self._bridge.current_task()
+        mine = [b for b in self._borrowers.values() if b.task is task]
+        if not mine or len(mine) < len(self.workers):
+            return
+        held = ", ".join(borrower.describe() for borrower in mine)
+        which = "the writer" if self.kind == "write" else f"every reader ({len(mine)})"
+        raise WouldDeadlock(
+            f"pool {self.pool_name!r}: this task already holds {which}: {held}; "
+            f"{what or 'this call'} can only be served by a connection it holds, so it "
+            "would wait for itself. Use the connection you hold, or leave its block first"
+        )
+
     def release(self, worker: Worker) -> None:
         """Give ``worker`` back and hand it to the first waiter that can take it.
 
         Synchronous, so it cannot be interrupted half-way.
         """
         worker.held = False
+        self._borrowers.pop(worker, None)
         if worker.retiring:
             self._remove(worker)
             return
@@ -193,10 +232,12 @@ class Lane:
         if self.retired is not None:
             self.retired(worker)
 
-    def _hold(self) -> Worker:
+    def _hold(self, borrower: Borrower | None) -> Worker:
         worker = self._least_busy()
         worker.held = True
         self.idle -= 1
+        if borrower is not None:
+            self._borrowers[worker] = borrower
         return worker
 
     def _grant(self) -> None:
@@ -209,7 +250,7 @@ class Lane:
                 waiter.state = _GONE
                 continue
             waiter.state = _GRANTED
-            waiter.worker = self._hold()
+            waiter.worker = self._hold(waiter.borrower)
 
     def _abandon(self, waiter: Waiter) -> None:
         """A waiter leaves without using a connection: pass on whatever reached it."""
@@ -239,7 +280,7 @@ class Lane:
             return worker
         return None
 
-    async def dispatch(self, job: Job, timeout: float | None) -> Worker:
+    async def dispatch(self, job: Job, timeout: float | None, what: str = "") -> Worker:
         """Queue a self-contained ``job`` on a connection that no checkout holds.
 
         The job needs the connection only while it runs, so it holds one just long
@@ -247,7 +288,7 @@ class Lane:
         earlier checkouts and never runs inside a checkout's transaction. Cancellation
         while waiting behaves as in :meth:`acquire`.
         """
-        worker = await self.acquire(timeout)
+        worker = await self.acquire(timeout, what=what)
         worker.submit(job)
         self.statements += 1
         self.release(worker)

@@ -8,6 +8,7 @@ import logging
 import math
 import os
 import sqlite3
+import sys
 from collections.abc import Callable, Iterable, Mapping
 from time import monotonic
 from types import TracebackType
@@ -284,14 +285,16 @@ class Pool:
         Cancellation: as for a statement inside :meth:`read`; nothing is held afterwards.
         """
         check_sql(sql, params)
-        return await self._statement(READ, fetchone_job, (sql, params), timeout)
+        return await self._statement(READ, fetchone_job, (sql, params), timeout, "fetchone")
 
     async def fetchall(
         self, sql: str, params: Params = (), *, timeout: float | _Unset | None = _UNSET
     ) -> list[Any]:
         """Run one query on a reader and return every row; see :meth:`fetchone`."""
         check_sql(sql, params)
-        rows: list[Any] = await self._statement(READ, fetchall_job, (sql, params), timeout)
+        rows: list[Any] = await self._statement(
+            READ, fetchall_job, (sql, params), timeout, "fetchall"
+        )
         return rows
 
     async def fetchval(
@@ -300,7 +303,7 @@ class Pool:
         """Run one query on a reader and return the first column of its first row, or
         None; see :meth:`fetchone`."""
         check_sql(sql, params)
-        return await self._statement(READ, fetchval_job, (sql, params), timeout)
+        return await self._statement(READ, fetchval_job, (sql, params), timeout, "fetchval")
 
     async def execute(
         self, sql: str, params: Params = (), *, timeout: float | _Unset | None = _UNSET
@@ -317,7 +320,7 @@ class Pool:
         """
         check_sql(sql, params)
         result: ExecuteResult = await self._statement(
-            WRITE, in_transaction, (execute_job, (sql, params)), timeout
+            WRITE, in_transaction, (execute_job, (sql, params)), timeout, "execute"
         )
         return result
 
@@ -333,7 +336,7 @@ class Pool:
         check_sql(sql, ())
         check_params_seq(seq_of_params)
         result: ExecuteResult = await self._statement(
-            WRITE, in_transaction, (executemany_job, (sql, seq_of_params)), timeout
+            WRITE, in_transaction, (executemany_job, (sql, seq_of_params)), timeout, "executemany"
         )
         return result
 
@@ -343,6 +346,7 @@ class Pool:
         fn: Callable[..., Any],
         args: tuple[Any, ...],
         timeout: float | _Unset | None,
+        method: str,
     ) -> Any:
         lane = self._lane(kind)
         # Checked before anything is queued, also when no waiting will be needed.
@@ -350,7 +354,7 @@ class Pool:
         job = Job(fn, args)
         worker = lane.try_dispatch(job)
         if worker is None:
-            worker = await lane.dispatch(job, wait)
+            worker = await lane.dispatch(job, wait, f"pool.{method}()")
         bridge = self._bridge
         assert bridge is not None
         await bridge.wait(worker, job)
@@ -393,7 +397,7 @@ class Pool:
         """
         mode = check_mode(mode)
         result: CheckpointResult = await self._statement(
-            WRITE, checkpoint_job, (mode, self._wal), timeout
+            WRITE, checkpoint_job, (mode, self._wal), timeout, "checkpoint"
         )
         return result
 
@@ -785,7 +789,17 @@ class Checkout:
     """The ``async with`` target returned by :meth:`Pool.read`, :meth:`Pool.write` and
     :meth:`Pool.connection`; it yields a :class:`Connection`."""
 
-    __slots__ = ("_conn", "_kind", "_lane", "_pool", "_start", "_timeout")
+    __slots__ = (
+        "_conn",
+        "_kind",
+        "_lane",
+        "_line",
+        "_pool",
+        "_start",
+        "_timeout",
+        "_where",
+        "task",
+    )
 
     def __init__(self, pool: Pool, kind: str, timeout: float | None) -> None:
         self._pool = pool
@@ -794,20 +808,32 @@ class Checkout:
         self._lane: Lane | None = None
         self._conn: Connection | None = None
         self._start = 0.0
+        #: The task that entered the checkout (see Lane.acquire).
+        self.task: object = None
+        self._where = ""
+        self._line = 0
+
+    def describe(self) -> str:
+        """The checkout and where its block was entered, for error messages."""
+        return f"pool.{self._kind}() entered at {os.path.basename(self._where)}:{self._line}"
 
     async def __aenter__(self) -> Connection:
         if self._lane is not None:
             raise RuntimeError("a checkout can be entered once; call pool.read() again")
         pool = self._pool
         lane = self._lane = pool._lane(self._kind)
+        assert pool._bridge is not None
+        self.task = pool._bridge.current_task()
+        caller = sys._getframe(1)
+        self._where, self._line = caller.f_code.co_filename, caller.f_lineno
         # One clock read when a connection is free; two when the checkout has to wait.
         if lane.idle and not lane.waiting and not pool._options.check:
-            worker = await lane.acquire(self._timeout)
+            worker = await lane.acquire(self._timeout, self)
             start = self._start = monotonic()
             lane.acquire_wait.counts[0] += 1
         else:
             began = monotonic()
-            worker = await lane.acquire(self._timeout)
+            worker = await lane.acquire(self._timeout, self, f"pool.{self._kind}()")
             if pool._options.check:
                 worker = await self._checked(lane, worker, began)
             start = self._start = monotonic()
@@ -854,7 +880,7 @@ class Checkout:
             timeout = self._timeout
             if timeout is not None:
                 timeout = max(0.0, timeout - (monotonic() - began))
-            worker = await lane.acquire(timeout)
+            worker = await lane.acquire(timeout, self, f"pool.{self._kind}()")
 
     async def __aexit__(
         self,
