@@ -1,4 +1,4 @@
-"""``python -m litepool bench --sweep``: when does a pool beat one shared connection?
+"""``python3 -m bench --sweep``: when does a pool beat one shared connection?
 
 Each sweep workload runs from 1 to 200 concurrent tasks against one shared aiosqlite
 connection and against litepool (asyncio) with 1, 2, 4 and 8 readers, contenders
@@ -23,6 +23,9 @@ from ._contenders import BY_NAME as CONTENDERS
 from ._contenders import Settings
 from ._runner import Measurement, Progress, build_template, measure
 from ._workloads import Workload
+
+#: The directory that holds this package.
+_ROOT: Final = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 SWEEP_WORKLOADS: Final[tuple[Workload, ...]] = (
     Workload("read-heavy-point", "read-heavy, point reads", 1, point=0.9, insert=0.1),
@@ -211,12 +214,14 @@ def measure_rss(
     """Run litepool with ``readers`` readers in a fresh interpreter; its peak RSS."""
     path = os.path.join(workdir, f"rss-{readers}.db")
     _db.copy(template, path)
+    # The child finds this package where this process did, whatever its working directory.
+    pythonpath = os.pathsep.join(filter(None, (_ROOT, os.environ.get("PYTHONPATH"))))
     try:
         completed = subprocess.run(
             [
                 sys.executable,
                 "-m",
-                "litepool._bench._rss",
+                f"{__package__}._rss",
                 path,
                 str(readers),
                 repr(seconds),
@@ -225,6 +230,7 @@ def measure_rss(
             capture_output=True,
             text=True,
             timeout=120 + seconds,
+            env={**os.environ, "PYTHONPATH": pythonpath},
             check=False,
         )
     finally:
