@@ -29,7 +29,7 @@ from typing import Any, Final
 from . import _report
 from ._contenders import BY_NAME as CONTENDER_NAMES
 from ._contenders import CONTENDERS, Settings
-from ._runner import BenchConfig, Measurement, Progress, machine, run_bench
+from ._runner import BenchConfig, Measurement, Progress, build_template, machine, run_bench
 from ._workloads import BY_NAME as WORKLOAD_NAMES
 from ._workloads import WORKLOADS
 
@@ -160,7 +160,8 @@ def _bench_mode(options: BenchOptions, sizing: Sizing) -> int:
     began = time.perf_counter()
     try:
         with tempfile.TemporaryDirectory(prefix="litepool-bench-") as workdir:
-            measurements = run_bench(config, workdir, progress)
+            template, built = build_template(workdir, sizes, progress)
+            measurements = run_bench(config, template, workdir, progress)
     finally:
         progress.stop()
     data: dict[str, Any] = {
@@ -178,7 +179,7 @@ def _bench_mode(options: BenchOptions, sizing: Sizing) -> int:
     ratios = _report.key_ratios(measurements)
     data["ratios"] = [item.to_json() for item in ratios]
     print(f"machine: {_report.machine_line(data['machine'])}")
-    print(f"database: {data['database']}")
+    print(f"database: {data['database']} (built in {built:.1f} s)")
     _report.print_table(
         f"medians of {_report._plural(config.rounds, 'round')} of {config.seconds:g} s each",
         _report.results_rows(summaries),
@@ -223,8 +224,9 @@ def _sweep_mode(options: BenchOptions, sizing: Sizing) -> int:
     began = time.perf_counter()
     try:
         with tempfile.TemporaryDirectory(prefix="litepool-bench-") as workdir:
-            measurements = _sweep.run_sweep(config, workdir, progress)
-            rss = _sweep.run_rss(config, workdir, progress)
+            template, built = build_template(workdir, sizes, progress)
+            measurements = _sweep.run_sweep(config, template, workdir, progress)
+            rss = _sweep.run_rss(config, template, workdir, progress)
     finally:
         progress.stop()
     data: dict[str, Any] = {
@@ -240,6 +242,7 @@ def _sweep_mode(options: BenchOptions, sizing: Sizing) -> int:
     }
     data["answer"] = _sweep.answer(measurements, config)
     print(f"machine: {_report.machine_line(data['machine'])}")
+    print(f"database: {data['database']} (built in {built:.1f} s)")
     for workload in config.workloads:
         _report.print_table(
             f"{workload.name}: operations per second (pool / shared connection)",

@@ -21,7 +21,7 @@ from typing import Any, Final
 from . import _db, _report
 from ._contenders import BY_NAME as CONTENDERS
 from ._contenders import Settings
-from ._runner import Measurement, Progress, build_template, measure
+from ._runner import Measurement, Progress, measure
 from ._workloads import Workload
 
 #: The directory that holds this package.
@@ -81,11 +81,10 @@ def _label(contender: str, readers: int | None) -> str:
     return "shared connection" if contender == SHARED else f"pool, {plural(readers or 0, 'reader')}"
 
 
-def run_sweep(config: SweepConfig, workdir: str, progress: Progress) -> list[Measurement]:
+def run_sweep(
+    config: SweepConfig, template: str, workdir: str, progress: Progress
+) -> list[Measurement]:
     sizes = _db.Sizes.for_scale(config.scale)
-    progress.running(f"building the database ({sizes.describe()})")
-    template, built = build_template(workdir, sizes)
-    progress.note(f"database built in {built:.1f} s: {sizes.describe()}")
     setups: list[tuple[str, int | None]] = [(SHARED, None)]
     setups.extend((POOL, readers) for readers in config.readers)
     results: list[Measurement] = []
@@ -241,8 +240,9 @@ def measure_rss(
     return data
 
 
-def run_rss(config: SweepConfig, workdir: str, progress: Progress) -> list[dict[str, Any]]:
-    template = os.path.join(workdir, "template.db")
+def run_rss(
+    config: SweepConfig, template: str, workdir: str, progress: Progress
+) -> list[dict[str, Any]]:
     results = []
     for readers in (0, *config.rss_readers):
         what = "baseline (no pool)" if readers == 0 else f"litepool, {plural(readers, 'reader')}"

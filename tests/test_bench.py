@@ -164,6 +164,26 @@ def test_quick_sweep_writes_its_answer_and_memory(tmp_path: Path) -> None:
             assert item["ops"] > 0, item
             assert item["errors"] == 0, item
     assert (tmp_path / "sweep.png").read_bytes().startswith(PNG_MAGIC)
+    assert (result.stdout + result.stderr).count(data["database"]) == 1
+
+
+def test_the_database_is_reported_once(tmp_path: Path) -> None:
+    # Progress says what is running; the database that was built is told once, with the
+    # results, not again by the progress lines.
+    result = _run(
+        "--quick",
+        "--workloads",
+        "point-reads",
+        "--contenders",
+        "sqlite3",
+        "--no-progress",
+        "--out",
+        str(tmp_path),
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    database = _load(tmp_path / "bench.json")["database"]
+    assert (result.stdout + result.stderr).count(database) == 1, result.stdout + result.stderr
+    assert f"database: {database} (built in " in result.stdout
 
 
 def test_bench_help() -> None:
