@@ -1,18 +1,28 @@
-"""``python -m litepool``: the command line and its demo, run as a user would."""
+"""``python3 examples/demo.py``: the demo, run as a user would, from any directory."""
 
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
+import tomllib
+from pathlib import Path
 
-DEMO_TIMEOUT = 120  # seconds; the run below takes about one
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+DEMO = ROOT / "examples" / "demo.py"
+DEMO_TIMEOUT = 120  # seconds; the runs below take about one
+#: The first line of each import statement.
+IMPORT = re.compile(r"^\s*(?:from|import)\s.*$", re.MULTILINE)
 
 
-def _run(*args: str) -> subprocess.CompletedProcess[str]:
+def _run(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
     env = {**os.environ, "PYTHONWARNINGS": "error"}
     return subprocess.run(
-        [sys.executable, "-m", "litepool", *args],
+        [sys.executable, str(DEMO), *args],
+        cwd=cwd,
         capture_output=True,
         text=True,
         timeout=DEMO_TIMEOUT,
@@ -21,8 +31,8 @@ def _run(*args: str) -> subprocess.CompletedProcess[str]:
     )
 
 
-def test_demo_runs_and_keeps_its_invariants() -> None:
-    result = _run("demo", "--ops", "200", "--readers", "2")
+def test_demo_runs_and_keeps_its_invariants(tmp_path: Path) -> None:
+    result = _run("--ops", "200", "--readers", "2", cwd=tmp_path)
     output = result.stdout
     assert result.returncode == 0, output + result.stderr
     assert result.stderr == ""
@@ -34,39 +44,61 @@ def test_demo_runs_and_keeps_its_invariants() -> None:
     assert "interrupted 1" in output
     assert "FAILED" not in output
     assert "all invariants held" in output
+    # The database lived in a temporary directory, not where the demo was started.
+    assert list(tmp_path.iterdir()) == []
 
 
-def test_demo_single_backend() -> None:
-    result = _run("demo", "--ops", "50", "--backend", "asyncio")
+@pytest.mark.parametrize("backend", ["asyncio", "trio"])
+def test_demo_single_backend(backend: str, tmp_path: Path) -> None:
+    result = _run("--ops", "50", "--backend", backend, cwd=tmp_path)
     assert result.returncode == 0, result.stdout + result.stderr
-    assert "[asyncio]" in result.stdout
-    assert "[trio]" not in result.stdout
+    other = "trio" if backend == "asyncio" else "asyncio"
+    assert f"[{backend}]" in result.stdout
+    assert f"[{other}]" not in result.stdout
 
 
-def test_help() -> None:
-    result = _run("--help")
+def test_demo_help(tmp_path: Path) -> None:
+    result = _run("--help", cwd=tmp_path)
     assert result.returncode == 0, result.stderr
-    assert "usage: litepool" in result.stdout
-    assert "demo" in result.stdout
-
-
-def test_demo_help() -> None:
-    result = _run("demo", "--help")
-    assert result.returncode == 0, result.stderr
+    assert "usage: demo.py" in result.stdout
     for option in ("--seconds", "--ops", "--readers", "--backend"):
         assert option in result.stdout
 
 
-def test_bad_arguments_are_usage_errors() -> None:
-    assert _run().returncode == 2
-    assert _run("demo", "--ops", "0").returncode == 2
-    assert _run("demo", "--ops", "10", "--seconds", "1").returncode == 2
-    assert _run("demo", "--backend", "curio").returncode == 2
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (("--ops", "0"), "argument --ops: must be >= 1, got 0"),
+        (("--readers", "0"), "argument --readers: must be >= 1, got 0"),
+        (("--seconds", "-1"), "argument --seconds: must be a positive number of seconds, got -1"),
+        (("--seconds", "nan"), "argument --seconds: must be a positive number of seconds, got nan"),
+        (("--seconds", "inf"), "argument --seconds: must be a positive number of seconds, got inf"),
+        (("--ops", "ten"), "argument --ops: invalid int value: 'ten'"),
+        (("--ops", "10", "--seconds", "1"), "not allowed with argument"),
+        (("--backend", "curio"), "argument --backend: invalid choice: 'curio'"),
+    ],
+)
+def test_bad_arguments_are_usage_errors(
+    args: tuple[str, ...], message: str, tmp_path: Path
+) -> None:
+    result = _run(*args, cwd=tmp_path)
+    assert result.returncode == 2, result.stdout + result.stderr
+    assert "usage: demo.py" in result.stderr
+    assert message in result.stderr
+    assert result.stdout == ""
 
 
-def test_main_is_callable_in_process() -> None:
-    from litepool.__main__ import build_parser, main
-
-    assert callable(main)
-    args = build_parser().parse_args(["demo", "--seconds", "0.5", "--readers", "3"])
-    assert (args.seconds, args.ops, args.readers, args.backend) == (0.5, None, 3, "both")
+def test_the_library_package_has_no_command_line_or_demo() -> None:
+    # The demo is an example and the benchmark a package of the repository: the wheel,
+    # built from src/litepool, holds the library alone, with no command line of its own.
+    package = ROOT / "src" / "litepool"
+    assert (package / "__init__.py").is_file()
+    names = {path.relative_to(package).as_posix() for path in package.rglob("*.py")}
+    assert not {"__main__.py", "_demo.py"} & names
+    assert not [name for name in names if name.startswith("_bench/")]
+    for path in package.rglob("*.py"):
+        imports = IMPORT.findall(path.read_text(encoding="utf-8"))
+        assert not [line for line in imports if re.search(r"\b(_?bench|_demo)\b", line)], path
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text(encoding="utf-8"))["project"]
+    assert "scripts" not in project
+    assert "gui-scripts" not in project

@@ -1,4 +1,4 @@
-"""``python -m litepool bench --sweep``: when does a pool beat one shared connection?
+"""``python3 -m bench --sweep``: when does a pool beat one shared connection?
 
 Each sweep workload runs from 1 to 200 concurrent tasks against one shared aiosqlite
 connection and against litepool (asyncio) with 1, 2, 4 and 8 readers, contenders
@@ -21,8 +21,11 @@ from typing import Any, Final
 from . import _db, _report
 from ._contenders import BY_NAME as CONTENDERS
 from ._contenders import Settings
-from ._runner import Measurement, Progress, build_template, measure
+from ._runner import Measurement, Progress, measure
 from ._workloads import Workload
+
+#: The directory that holds this package.
+_ROOT: Final = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 SWEEP_WORKLOADS: Final[tuple[Workload, ...]] = (
     Workload("read-heavy-point", "read-heavy, point reads", 1, point=0.9, insert=0.1),
@@ -78,11 +81,10 @@ def _label(contender: str, readers: int | None) -> str:
     return "shared connection" if contender == SHARED else f"pool, {plural(readers or 0, 'reader')}"
 
 
-def run_sweep(config: SweepConfig, workdir: str, progress: Progress) -> list[Measurement]:
+def run_sweep(
+    config: SweepConfig, template: str, workdir: str, progress: Progress
+) -> list[Measurement]:
     sizes = _db.Sizes.for_scale(config.scale)
-    progress.running(f"building the database ({sizes.describe()})")
-    template, built = build_template(workdir, sizes)
-    progress.note(f"database built in {built:.1f} s: {sizes.describe()}")
     setups: list[tuple[str, int | None]] = [(SHARED, None)]
     setups.extend((POOL, readers) for readers in config.readers)
     results: list[Measurement] = []
@@ -211,12 +213,14 @@ def measure_rss(
     """Run litepool with ``readers`` readers in a fresh interpreter; its peak RSS."""
     path = os.path.join(workdir, f"rss-{readers}.db")
     _db.copy(template, path)
+    # The child finds this package where this process did, whatever its working directory.
+    pythonpath = os.pathsep.join(filter(None, (_ROOT, os.environ.get("PYTHONPATH"))))
     try:
         completed = subprocess.run(
             [
                 sys.executable,
                 "-m",
-                "litepool._bench._rss",
+                f"{__package__}._rss",
                 path,
                 str(readers),
                 repr(seconds),
@@ -225,6 +229,7 @@ def measure_rss(
             capture_output=True,
             text=True,
             timeout=120 + seconds,
+            env={**os.environ, "PYTHONPATH": pythonpath},
             check=False,
         )
     finally:
@@ -235,8 +240,9 @@ def measure_rss(
     return data
 
 
-def run_rss(config: SweepConfig, workdir: str, progress: Progress) -> list[dict[str, Any]]:
-    template = os.path.join(workdir, "template.db")
+def run_rss(
+    config: SweepConfig, template: str, workdir: str, progress: Progress
+) -> list[dict[str, Any]]:
     results = []
     for readers in (0, *config.rss_readers):
         what = "baseline (no pool)" if readers == 0 else f"litepool, {plural(readers, 'reader')}"

@@ -47,14 +47,14 @@ from typing import TYPE_CHECKING, Any, Final, Protocol
 
 import anyio
 
+from litepool import Pool, open_pool
+
 from . import _db
 from ._db import HEAVY_READ, INSERT_COMMENT, POINT_READ, PRAGMA_SCRIPT, READ_BALANCE, WRITE_BALANCE
 
 if TYPE_CHECKING:
     import aiosqlite
     import sqlite_anyio
-
-    from .._pool import Pool
 
 CommentRow = tuple[int, int, str, int]
 
@@ -201,8 +201,6 @@ class _LitepoolOps:
 
 @asynccontextmanager
 async def _open_litepool(path: str, settings: Settings) -> AsyncIterator[AsyncOps]:
-    from .. import open_pool
-
     # litepool's default pragmas are the benchmark's PRAGMAS plus journal_mode=wal.
     async with open_pool(path, readers=settings.readers) as pool:
         yield _LitepoolOps(pool)

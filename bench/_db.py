@@ -18,7 +18,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Final
 
-from .._options import DEFAULT_PRAGMAS
+from litepool import DEFAULT_PRAGMAS
 
 #: Every contender's connections get these pragmas: litepool's defaults, minus
 #: ``journal_mode``, which is persistent: the database is switched to WAL when it is

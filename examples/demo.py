@@ -1,7 +1,8 @@
-"""``python -m litepool demo``: a concurrent workload on a temporary database.
+"""A tour of litepool: a concurrent workload on a temporary database, and what happened.
 
-The demo runs the same workload once per backend (asyncio, then trio if installed) and
-prints what happened:
+Run it with ``python3 examples/demo.py [--seconds S | --ops N] [--readers N]
+[--backend asyncio|trio|both]``; ``--help`` explains the options. It runs the same
+workload once per backend (asyncio, then trio if installed) and prints what happened:
 
 * point reads: primary-key lookups through :meth:`Pool.read` from many concurrent tasks;
 * money transfers: read-modify-write transactions through :meth:`Pool.write` from many
@@ -10,12 +11,15 @@ prints what happened:
   must get control back promptly after the deadline, and the pool must keep working;
 * highlights of :meth:`Pool.statistics`.
 
-It needs nothing but the standard library and anyio (trio is optional).
+It needs nothing but litepool and its dependencies (trio is optional). The exit code is 0
+when every invariant held, 1 when one did not, 2 for a usage error.
 """
 
 from __future__ import annotations
 
+import argparse
 import importlib.util
+import math
 import os
 import platform
 import random
@@ -29,11 +33,12 @@ from typing import Final
 
 import anyio
 
-from ._options import DEFAULT_READERS
-from ._pool import Pool, open_pool
-from ._stats import PoolStatistics
+import litepool
+from litepool import Pool, PoolStatistics, open_pool
 
 BACKENDS: Final = ("asyncio", "trio")
+#: Reader connections in the pool unless ``--readers`` says otherwise.
+DEFAULT_READERS: Final = 4
 
 READ_TASKS: Final = 50
 TRANSFER_TASKS: Final = 20
@@ -368,9 +373,7 @@ def _summary(reports: Sequence[BackendReport], out: Output) -> None:
 
 def run_demo(config: DemoConfig, backends: Sequence[str], out: Output = print) -> int:
     """Run the demo under each of ``backends``; 0 if every invariant held, else 1."""
-    from . import __version__
-
-    out(f"litepool {__version__} demo ({_versions(backends)})")
+    out(f"litepool {litepool.__version__} demo ({_versions(backends)})")
     out(
         f"{config.readers} readers + 1 writer; {config.describe()}; "
         "database in a temporary directory, removed at the end"
@@ -404,27 +407,81 @@ def run_demo(config: DemoConfig, backends: Sequence[str], out: Output = print) -
     return 0
 
 
-def choose_backends(requested: str, out: Output) -> list[str] | None:
-    """The backends to run for ``--backend``; None if the request cannot be met."""
+def choose_backends(requested: str, out: Output) -> list[str]:
+    """The backends to run for ``--backend`` (``trio`` only if trio is installed)."""
     if requested == "asyncio":
         return ["asyncio"]
     if trio_available():
         return ["trio"] if requested == "trio" else list(BACKENDS)
-    if requested == "trio":
-        return None
     out("trio is not installed: running under asyncio only (pip install 'litepool[trio]')")
     return ["asyncio"]
 
 
-def main(config: DemoConfig, backend: str) -> int:
-    """Entry point of ``python -m litepool demo`` once its arguments are parsed."""
-    out: Output = print
-    backends = choose_backends(backend, out)
-    if backends is None:
-        print(
-            "litepool demo: --backend trio needs trio, which is not installed "
-            "(pip install 'litepool[trio]')",
-            file=sys.stderr,
-        )
-        return 2
-    return run_demo(config, backends, out)
+def parse_args(argv: Sequence[str] | None = None) -> tuple[DemoConfig, str]:
+    """The run's size and the ``--backend`` asked for; exits with 2 on a usage error."""
+    parser = argparse.ArgumentParser(
+        description=(
+            "Run a concurrent workload on a temporary database (removed at the end), once "
+            "per backend: point reads from 50 tasks, read-modify-write money transfers from "
+            "20 tasks (the total must be kept), and a long query cancelled by a timeout (it "
+            "must give way within 50 ms of the deadline). Exits with 0 if every invariant "
+            "held, 1 otherwise."
+        ),
+    )
+    size = parser.add_mutually_exclusive_group()
+    size.add_argument(
+        "--seconds",
+        type=float,
+        default=None,
+        metavar="S",
+        help=f"run the reads and the transfers for S seconds each (default {DEFAULT_SECONDS:g})",
+    )
+    size.add_argument(
+        "--ops",
+        type=int,
+        default=None,
+        metavar="N",
+        help="run N point reads and N transfer transactions instead of a fixed time",
+    )
+    parser.add_argument(
+        "--readers",
+        type=int,
+        default=DEFAULT_READERS,
+        metavar="N",
+        help=f"reader connections in the pool (default {DEFAULT_READERS})",
+    )
+    parser.add_argument(
+        "--backend",
+        choices=[*BACKENDS, "both"],
+        default="both",
+        help="event loop to run under (default both; trio is skipped if not installed)",
+    )
+    args = parser.parse_args(argv)
+    seconds: float | None = args.seconds
+    ops: int | None = args.ops
+    readers: int = args.readers
+    backend: str = args.backend
+    if seconds is not None and not (seconds > 0 and math.isfinite(seconds)):
+        parser.error(f"argument --seconds: must be a positive number of seconds, got {seconds}")
+    if ops is not None and ops < 1:
+        parser.error(f"argument --ops: must be >= 1, got {ops}")
+    if readers < 1:
+        parser.error(f"argument --readers: must be >= 1, got {readers}")
+    if backend == "trio" and not trio_available():
+        parser.error("argument --backend: trio is not installed (pip install 'litepool[trio]')")
+    config = DemoConfig(
+        seconds=DEFAULT_SECONDS if seconds is None and ops is None else seconds,
+        ops=ops,
+        readers=readers,
+    )
+    return config, backend
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the demo with ``argv`` (default: ``sys.argv[1:]``); the exit code."""
+    config, backend = parse_args(argv)
+    return run_demo(config, choose_backends(backend, print))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -396,9 +396,6 @@ class RichProgress:
         if self._task is not None:
             self._progress.advance(self._task)
 
-    def note(self, message: str) -> None:
-        self._progress.console.print(message, highlight=False)
-
     def stop(self) -> None:
         if self._task is not None:
             self._progress.update(self._task, description="done")
@@ -422,9 +419,6 @@ class PlainProgress:
 
     def advance(self) -> None:
         self._done += 1
-
-    def note(self, message: str) -> None:
-        print(message, file=sys.stderr, flush=True)
 
     def stop(self) -> None:
         pass

@@ -34,8 +34,6 @@ class Progress(Protocol):
 
     def advance(self) -> None: ...
 
-    def note(self, message: str) -> None: ...
-
     def stop(self) -> None: ...
 
 
@@ -47,9 +45,6 @@ class NoProgress:
         pass
 
     def advance(self) -> None:
-        pass
-
-    def note(self, message: str) -> None:
         pass
 
     def stop(self) -> None:
@@ -345,8 +340,12 @@ def machine() -> dict[str, Any]:
     }
 
 
-def build_template(workdir: str, sizes: _db.Sizes) -> tuple[str, float]:
-    """Build the database once; returns its path and how long that took."""
+def build_template(workdir: str, sizes: _db.Sizes, progress: Progress) -> tuple[str, float]:
+    """Build the database once; returns its path and how long that took.
+
+    It is reported once, with the results, by the caller: progress only says what runs.
+    """
+    progress.running("building the database")
     template = os.path.join(workdir, "template.db")
     started = time.perf_counter()
     _db.build(template, sizes)
@@ -355,19 +354,18 @@ def build_template(workdir: str, sizes: _db.Sizes) -> tuple[str, float]:
 
 def run_bench(
     config: BenchConfig,
+    template: str,
     workdir: str,
     progress: Progress,
     on_result: Callable[[Measurement], None] | None = None,
 ) -> list[Measurement]:
-    """Every workload against every contender, ``config.rounds`` times.
+    """Every workload against every contender, ``config.rounds`` times, each on a fresh
+    copy of the database ``template`` made in ``workdir``.
 
     Within a round, each workload's contenders run back to back, so that they see the
     same machine conditions; the order of the contenders rotates from round to round.
     """
     sizes = _db.Sizes.for_scale(config.scale)
-    progress.running(f"building the database ({sizes.describe()})")
-    template, built = build_template(workdir, sizes)
-    progress.note(f"database built in {built:.1f} s: {sizes.describe()}")
     results: list[Measurement] = []
     contenders = list(config.contenders)
     for round_index in range(config.rounds):

@@ -1,4 +1,4 @@
-"""``python -m litepool bench``: litepool against plain sqlite3 and the other async SQLite
+"""``python3 -m bench``: litepool against plain sqlite3 and the other async SQLite
 libraries, on the same workloads, in one process run.
 
 The benchmark builds a temporary database, then runs every workload against every
@@ -7,10 +7,11 @@ reports medians: operations per second, p50 and p99 latency, errors by kind, and
 transfers whether the total of the balances was kept. ``--sweep`` instead answers when a
 pool starts to beat one shared connection, and measures litepool's peak memory.
 
-Needs ``rich`` (progress and tables) and ``matplotlib`` (charts):
-``pip install "litepool[bench]"``. The comparison libraries (aiosqlite, aiosqlitepool,
-sqlite-anyio) are optional; a contender whose library is missing is reported as not
-installed.
+It lives in the repository, not in the library: run it from the repository's root after
+``python3 -m pip install ".[bench]"``, which installs litepool with ``rich`` (progress and
+tables), ``matplotlib`` (charts) and the comparison libraries. Those libraries (aiosqlite,
+aiosqlitepool, sqlite-anyio) are optional; a contender whose library is missing is
+reported as not installed.
 """
 
 from __future__ import annotations
@@ -28,11 +29,11 @@ from typing import Any, Final
 from . import _report
 from ._contenders import BY_NAME as CONTENDER_NAMES
 from ._contenders import CONTENDERS, Settings
-from ._runner import BenchConfig, Measurement, Progress, machine, run_bench
+from ._runner import BenchConfig, Measurement, Progress, build_template, machine, run_bench
 from ._workloads import BY_NAME as WORKLOAD_NAMES
 from ._workloads import WORKLOADS
 
-__all__ = ["DEFAULTS", "QUICK", "BenchOptions", "main"]
+__all__ = ["DEFAULTS", "QUICK", "BenchOptions", "run"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -54,7 +55,7 @@ QUICK_READERS: Final = (1, 2)
 
 @dataclass(frozen=True, slots=True)
 class BenchOptions:
-    """``python -m litepool bench``'s options, once parsed."""
+    """``python3 -m bench``'s options, once parsed."""
 
     command: str
     quick: bool = False
@@ -95,7 +96,7 @@ def _write_outputs(
         print(f"raw figures: {json_path}")
         if importlib.util.find_spec("matplotlib") is None:
             print(
-                "no chart: matplotlib is not installed (pip install 'litepool[bench]')",
+                "no chart: matplotlib is not installed (python3 -m pip install '.[bench]')",
                 file=sys.stderr,
             )
         else:
@@ -159,7 +160,8 @@ def _bench_mode(options: BenchOptions, sizing: Sizing) -> int:
     began = time.perf_counter()
     try:
         with tempfile.TemporaryDirectory(prefix="litepool-bench-") as workdir:
-            measurements = run_bench(config, workdir, progress)
+            template, built = build_template(workdir, sizes, progress)
+            measurements = run_bench(config, template, workdir, progress)
     finally:
         progress.stop()
     data: dict[str, Any] = {
@@ -177,7 +179,7 @@ def _bench_mode(options: BenchOptions, sizing: Sizing) -> int:
     ratios = _report.key_ratios(measurements)
     data["ratios"] = [item.to_json() for item in ratios]
     print(f"machine: {_report.machine_line(data['machine'])}")
-    print(f"database: {data['database']}")
+    print(f"database: {data['database']} (built in {built:.1f} s)")
     _report.print_table(
         f"medians of {_report._plural(config.rounds, 'round')} of {config.seconds:g} s each",
         _report.results_rows(summaries),
@@ -222,8 +224,9 @@ def _sweep_mode(options: BenchOptions, sizing: Sizing) -> int:
     began = time.perf_counter()
     try:
         with tempfile.TemporaryDirectory(prefix="litepool-bench-") as workdir:
-            measurements = _sweep.run_sweep(config, workdir, progress)
-            rss = _sweep.run_rss(config, workdir, progress)
+            template, built = build_template(workdir, sizes, progress)
+            measurements = _sweep.run_sweep(config, template, workdir, progress)
+            rss = _sweep.run_rss(config, template, workdir, progress)
     finally:
         progress.stop()
     data: dict[str, Any] = {
@@ -239,6 +242,7 @@ def _sweep_mode(options: BenchOptions, sizing: Sizing) -> int:
     }
     data["answer"] = _sweep.answer(measurements, config)
     print(f"machine: {_report.machine_line(data['machine'])}")
+    print(f"database: {data['database']} (built in {built:.1f} s)")
     for workload in config.workloads:
         _report.print_table(
             f"{workload.name}: operations per second (pool / shared connection)",
@@ -261,8 +265,8 @@ def _sweep_mode(options: BenchOptions, sizing: Sizing) -> int:
     return 1 if failures else 0
 
 
-def main(options: BenchOptions) -> int:
-    """Entry point of ``python -m litepool bench`` once its arguments are parsed."""
+def run(options: BenchOptions) -> int:
+    """Run the benchmark or the sweep; the exit code: 1 if litepool broke an invariant."""
     base = QUICK if options.quick else DEFAULTS
     sizing = Sizing(
         scale=base.scale if options.scale is None else options.scale,

@@ -1,5 +1,5 @@
-"""Peak RSS of a process using litepool: ``python -m litepool._bench._rss DB READERS
-SECONDS SCALE`` prints ``{"readers": ..., "maxrss_kib": ...}`` as JSON.
+"""Peak RSS of a process using litepool: ``python3 -m bench._rss DB READERS SECONDS
+SCALE`` prints ``{"readers": ..., "maxrss_kib": ...}`` as JSON.
 
 With READERS > 0 it opens a pool with that many readers on the database DB (a copy of
 the benchmark database) and runs point and JOIN reads from 100 tasks for SECONDS on
