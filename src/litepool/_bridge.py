@@ -29,6 +29,7 @@ from typing import TYPE_CHECKING, Any, cast
 import anyio
 import anyio.lowlevel
 
+from ._interrupt import protect_under_trio, protected
 from ._worker import Job, Worker
 
 if TYPE_CHECKING:
@@ -92,10 +93,12 @@ class Bridge:
 
     # -- event loop side ---------------------------------------------------------------
 
+    @protected
     def drain(self) -> None:
         """Deliver every batch posted so far, now (also called by the doorbell)."""
         self._drain()
 
+    @protected
     def _drain(self) -> None:
         self._scheduled = False
         done = self._done
@@ -224,6 +227,8 @@ class _TrioBridge(Bridge):
         # trio is imported only when a pool runs under it: it is an optional dependency.
         import trio
 
+        protect_under_trio()
+
         super().__init__(token.run_sync_soon)
         self.current_task = trio.lowlevel.current_task
         self._run_sync_soon = token.run_sync_soon
@@ -245,6 +250,7 @@ class _TrioBridge(Bridge):
             return False
         return True
 
+    @protected
     async def wait(self, worker: Worker, job: Job) -> None:
         if job.done:
             return
@@ -258,6 +264,7 @@ class _TrioBridge(Bridge):
 
         await self._wait(abort)
 
+    @protected
     async def wait_shielded(self, worker: Worker, job: Job) -> None:
         if job.done:
             return
@@ -266,6 +273,7 @@ class _TrioBridge(Bridge):
         # is done, and the cancellation is raised at its next checkpoint.
         await self._wait(self._refuse)
 
+    @protected
     async def park(self, waiter: Waiter, timeout: float | None) -> None:
         waiter.waker = self._current_task()
         succeeded = self._abort
@@ -282,6 +290,7 @@ class _TrioBridge(Bridge):
         with self._cancel_scope(deadline=self._current_time() + timeout):
             await self._wait(abort)
 
+    @protected
     def resume(self, waiter: Waiter) -> bool:
         task = waiter.waker
         if task is None:

@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any, Final, TypeVar
 
 from ._errors import ConnectionReleased, PoolClosed, PoolError, PoolForked, TransactionAborted
 from ._fork import inherited
+from ._interrupt import protected
 from ._script import split_script
 from ._worker import Job, Worker
 
@@ -273,6 +274,7 @@ class Connection:
             raise TransactionAborted(self._aborted)
         return worker
 
+    @protected
     async def _call(self, fn: Callable[..., Any], *args: Any, interruptible: bool = True) -> Any:
         worker = self._usable()
         began = self._begin_pending
@@ -319,6 +321,7 @@ class Connection:
             raise error
         return job.result
 
+    @protected
     def _detach(self) -> Worker:
         worker = self._worker
         assert worker is not None

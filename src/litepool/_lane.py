@@ -30,6 +30,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, Final, Protocol
 
 from ._errors import PoolClosed, PoolTimeout, WouldDeadlock
+from ._interrupt import protected
 from ._stats import LaneStatistics, Recorder
 from ._worker import MAX_BATCH, Job, JobCost, Worker
 
@@ -127,6 +128,7 @@ class Lane:
 
     # -- exclusive checkouts -------------------------------------------------------------
 
+    @protected
     async def acquire(
         self, timeout: float | None, borrower: Borrower | None = None, what: str = ""
     ) -> Worker:
@@ -182,6 +184,7 @@ class Lane:
             "would wait for itself. Use the connection you hold, or leave its block first"
         )
 
+    @protected
     def release(self, worker: Worker) -> None:
         """Give ``worker`` back and hand it to the first waiter that can take it.
 
@@ -198,6 +201,7 @@ class Lane:
 
     # -- connections joining and leaving -------------------------------------------------
 
+    @protected
     def add(self, worker: Worker) -> None:
         """A new connection joins the lane and serves the first waiter, if any."""
         worker.cost = self.cost
@@ -206,6 +210,7 @@ class Lane:
         if self.waiting:
             self._grant()
 
+    @protected
     def retire(self, worker: Worker) -> None:
         """Take ``worker`` out of service: now if it is free, else when it comes back.
 
@@ -227,11 +232,13 @@ class Lane:
         """A connection no checkout holds, the least busy, or None."""
         return self._least_busy() if self.idle else None
 
+    @protected
     def _remove(self, worker: Worker) -> None:
         self.workers.remove(worker)
         if self.retired is not None:
             self.retired(worker)
 
+    @protected
     def _hold(self, borrower: Borrower | None) -> Worker:
         worker = self._least_busy()
         worker.held = True
@@ -240,6 +247,7 @@ class Lane:
             self._borrowers[worker] = borrower
         return worker
 
+    @protected
     def _grant(self) -> None:
         waiters = self._waiters
         resume = self._bridge.resume
@@ -252,6 +260,7 @@ class Lane:
             waiter.state = _GRANTED
             waiter.worker = self._hold(waiter.borrower)
 
+    @protected
     def _abandon(self, waiter: Waiter) -> None:
         """A waiter leaves without using a connection: pass on whatever reached it."""
         state, waiter.state = waiter.state, _GONE
@@ -271,6 +280,7 @@ class Lane:
 
     # -- single statements ---------------------------------------------------------------
 
+    @protected
     def try_dispatch(self, job: Job) -> Worker | None:
         """Queue a self-contained ``job`` now if that needs no waiting, else return None."""
         if self.idle and not self.waiting and not self.closed:
@@ -280,6 +290,7 @@ class Lane:
             return worker
         return None
 
+    @protected
     async def dispatch(self, job: Job, timeout: float | None, what: str = "") -> Worker:
         """Queue a self-contained ``job`` on a connection that no checkout holds.
 
@@ -324,6 +335,7 @@ class Lane:
 
     # -- closing and statistics ----------------------------------------------------------
 
+    @protected
     def close(self) -> None:
         """Refuse new checkouts and wake every waiter, which then raises PoolClosed."""
         self.closed = True

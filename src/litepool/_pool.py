@@ -47,6 +47,7 @@ from ._housekeeping import (
     checkpoint_job,
     optimize_job,
 )
+from ._interrupt import protected
 from ._lane import Lane
 from ._leaks import LeakTracker
 from ._options import (
@@ -340,6 +341,7 @@ class Pool:
         )
         return result
 
+    @protected
     async def _statement(
         self,
         kind: str,
@@ -458,6 +460,7 @@ class Pool:
 
     # -- life cycle --------------------------------------------------------------------
 
+    @protected
     async def __aenter__(self) -> Pool:
         if self._state is not _State.NEW:
             raise RuntimeError(
@@ -531,6 +534,7 @@ class Pool:
                 lane.closed = True
         _fork.abandon(self._workers)
 
+    @protected
     async def __aexit__(
         self,
         exc_type: type[BaseException] | None,
@@ -554,6 +558,7 @@ class Pool:
                 lane.close()
         await self._stop_workers()
 
+    @protected
     async def _stop_workers(self) -> None:
         """Stop every worker, wait for its thread to return, then leave the task group."""
         for worker in self._workers:
@@ -598,6 +603,7 @@ class Pool:
         worker.on_exit = functools.partial(bridge.call_soon, self._thread_exited)
         return worker
 
+    @protected
     async def _start_workers(
         self, task_group: TaskGroup, bridge: Bridge, workers: list[Worker]
     ) -> None:
@@ -632,6 +638,7 @@ class Pool:
                 else lifetime_deadline(monotonic(), self._options.max_lifetime)
             )
 
+    @protected
     async def _open_worker(self, *, writer: bool) -> Worker:
         """Open one more connection while the pool is open, for a lane to take in.
 
@@ -656,6 +663,7 @@ class Pool:
             raise
         return worker
 
+    @protected
     async def _serve(self, worker: Worker) -> None:
         returned = False
         try:
@@ -685,6 +693,7 @@ class Pool:
             if worker.abandon() or returned:
                 self._thread_exited(worker)
 
+    @protected
     def _thread_exited(self, worker: Worker) -> None:
         """Loop side: ``worker``'s thread has returned (or will never run)."""
         if worker.exited:
@@ -708,6 +717,7 @@ class Pool:
     def _lane_of(self, worker: Worker) -> Lane | None:
         return self._write_lane if worker.role == "writer" else self._read_lane
 
+    @protected
     def _connection_broken(self, worker: Worker) -> None:
         """Loop side: a job on ``worker`` failed in a way that means it is broken."""
         if self._state is not _State.OPEN or worker.retiring or not worker.opened:
@@ -720,6 +730,7 @@ class Pool:
         )
         self._lose(worker)
 
+    @protected
     def _lose(self, worker: Worker) -> None:
         """Take a broken connection out of service; the upkeep task replaces it."""
         lane = self._lane_of(worker)
@@ -730,6 +741,7 @@ class Pool:
         if self._upkeep is not None:
             self._upkeep.wake()
 
+    @protected
     def _retired(self, worker: Worker) -> None:
         """A connection has left its lane: stop it behind the jobs queued on it."""
         worker.stop()
@@ -817,6 +829,7 @@ class Checkout:
         """The checkout and where its block was entered, for error messages."""
         return f"pool.{self._kind}() entered at {os.path.basename(self._where)}:{self._line}"
 
+    @protected
     async def __aenter__(self) -> Connection:
         if self._lane is not None:
             raise RuntimeError("a checkout can be entered once; call pool.read() again")
@@ -847,6 +860,7 @@ class Checkout:
         )
         return conn
 
+    @protected
     async def _checked(self, lane: Lane, worker: Worker, began: float) -> Worker:
         """``worker`` if it passes its check, else another that does (``check=True``).
 
@@ -882,6 +896,7 @@ class Checkout:
                 timeout = max(0.0, timeout - (monotonic() - began))
             worker = await lane.acquire(timeout, self, f"pool.{self._kind}()")
 
+    @protected
     async def __aexit__(
         self,
         exc_type: type[BaseException] | None,
@@ -914,6 +929,7 @@ class Checkout:
             return
         self._release(lane, worker, conn)
 
+    @protected
     def _release(self, lane: Lane, worker: Worker, conn: Connection) -> None:
         # Any cleanup is queued ahead of the next borrower's first statement, so the
         # connection can be handed on at once, without waiting for it.
@@ -921,6 +937,7 @@ class Checkout:
             worker.submit(Job(reset, (), interruptible=False))
         lane.release(worker)
 
+    @protected
     async def _commit(self, lane: Lane, worker: Worker) -> None:
         job = Job(commit_or_rollback, (), interruptible=False)
         worker.submit(job)

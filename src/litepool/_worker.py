@@ -24,6 +24,7 @@ from typing import Any, Final
 
 from ._errors import ConnectionLost, PoolClosed
 from ._guard import TransactionGuard
+from ._interrupt import protected
 
 logger = logging.getLogger("litepool")
 
@@ -261,6 +262,7 @@ class Worker:
 
     # -- event loop side -------------------------------------------------------------
 
+    @protected
     def submit(self, job: Job) -> None:
         """Loop side: queue ``job`` behind the jobs already queued."""
         if not self.queued:
@@ -274,6 +276,7 @@ class Worker:
             return
         self._jobs.put(job)
 
+    @protected
     def fail_pending(self) -> None:
         """Loop side, once the thread has ended unexpectedly and everything it answered
         has been delivered: answer every job still unanswered with
@@ -302,6 +305,7 @@ class Worker:
             "pool replaces the connection"
         )
 
+    @protected
     def cancel(self, job: Job) -> None:
         """Stop ``job``: skip it if it has not started, interrupt SQLite if it is running.
 
@@ -316,6 +320,7 @@ class Worker:
                 self.conn.interrupt()
                 self.interrupted += 1
 
+    @protected
     def stop(self) -> None:
         """Queue the stop: jobs queued before it still run, none may be queued after."""
         if not self.stopping:
