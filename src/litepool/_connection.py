@@ -10,7 +10,7 @@ from __future__ import annotations
 import sqlite3
 from collections import deque
 from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Final, TypeVar
 
 from ._errors import ConnectionReleased, PoolClosed, PoolError, PoolForked, TransactionAborted
@@ -31,12 +31,18 @@ CONNECTION: Final = "connection"
 
 @dataclass(frozen=True, slots=True)
 class ExecuteResult:
-    """What a data-changing statement reports."""
+    """What a statement run by ``execute`` or ``executemany`` reports: the rows changed,
+    the last rowid inserted, and the rows it returned (a ``RETURNING`` clause's)."""
 
     rowcount: int
-    """Rows changed by the statement (``-1`` where SQLite does not say)."""
+    """Rows changed by the statement (``-1`` where SQLite does not say, as for a
+    ``SELECT``)."""
     lastrowid: int | None
-    """The rowid of the last row inserted by this statement, if any."""
+    """The rowid of the last row inserted on the connection, if any."""
+    rows: list[Any] = field(default_factory=list)
+    """The rows the statement returned, made by the pool's row factory: those of an
+    ``INSERT``, ``UPDATE`` or ``DELETE ... RETURNING`` (of every parameter set, in order,
+    for ``executemany``), or of a query. Empty for a statement that returns none."""
 
 
 # -- job functions: run on the worker thread, first argument is the worker ----------
@@ -51,7 +57,15 @@ def execute_job(worker: Worker, sql: str, params: Params) -> ExecuteResult:
     cursor = worker.conn.cursor()  # type: ignore[union-attr]
     try:
         cursor.execute(sql, params)
-        return ExecuteResult(cursor.rowcount, cursor.lastrowid)
+        if cursor.description is None:
+            return ExecuteResult(cursor.rowcount, cursor.lastrowid, [])
+        # A RETURNING clause (or a query): its rows, and the rowcount, which sqlite3
+        # knows only once the statement has run to its end.
+        rows = cursor.fetchall()
+        return ExecuteResult(cursor.rowcount, cursor.lastrowid, rows)
+    except sqlite3.OperationalError as exc:
+        _refused_write(worker, exc)
+        raise
     finally:
         cursor.close()
 
@@ -59,8 +73,23 @@ def execute_job(worker: Worker, sql: str, params: Params) -> ExecuteResult:
 def executemany_job(worker: Worker, sql: str, seq: Iterable[Params]) -> ExecuteResult:
     cursor = worker.conn.cursor()  # type: ignore[union-attr]
     try:
-        cursor.executemany(sql, seq)
-        return ExecuteResult(cursor.rowcount, cursor.lastrowid)
+        if "returning" not in sql.lower():
+            cursor.executemany(sql, seq)
+            return ExecuteResult(cursor.rowcount, cursor.lastrowid, [])
+        # sqlite3's executemany() drops the rows of a RETURNING clause and reports a
+        # rowcount of 0; run the parameter sets one by one to keep both. (A statement
+        # that only mentions the word takes this path too, with the same result.)
+        rows: list[Any] = []
+        rowcount = 0
+        for params in seq:
+            cursor.execute(sql, params)
+            rows += cursor.fetchall()
+            if cursor.rowcount > 0:
+                rowcount += cursor.rowcount
+        return ExecuteResult(rowcount, cursor.lastrowid, rows)
+    except sqlite3.OperationalError as exc:
+        _refused_write(worker, exc)
+        raise
     finally:
         cursor.close()
 
@@ -72,6 +101,9 @@ def _executescript(worker: Worker, script: str) -> None:
     try:
         for statement in split_script(script):
             cursor.execute(statement)
+    except sqlite3.OperationalError as exc:
+        _refused_write(worker, exc)
+        raise
     finally:
         cursor.close()
 
@@ -80,6 +112,9 @@ def fetchone_job(worker: Worker, sql: str, params: Params) -> Any:
     cursor = worker.conn.cursor()  # type: ignore[union-attr]
     try:
         return cursor.execute(sql, params).fetchone()
+    except sqlite3.OperationalError as exc:
+        _refused_write(worker, exc)
+        raise
     finally:
         cursor.close()
 
@@ -88,6 +123,9 @@ def fetchall_job(worker: Worker, sql: str, params: Params) -> list[Any]:
     cursor = worker.conn.cursor()  # type: ignore[union-attr]
     try:
         return cursor.execute(sql, params).fetchall()
+    except sqlite3.OperationalError as exc:
+        _refused_write(worker, exc)
+        raise
     finally:
         cursor.close()
 
@@ -97,17 +135,45 @@ def fetchval_job(worker: Worker, sql: str, params: Params) -> Any:
     try:
         cursor.row_factory = None  # the first column, whatever the pool's row factory
         row = cursor.execute(sql, params).fetchone()
+    except sqlite3.OperationalError as exc:
+        _refused_write(worker, exc)
+        raise
     finally:
         cursor.close()
     return None if row is None else row[0]
+
+
+def _refused_write(worker: Worker, error: sqlite3.OperationalError) -> None:
+    """Raise instead of ``error`` an error that says where the statement should have gone,
+    if it is a write that a reader refused; else return (the caller re-raises ``error``).
+
+    The new error is an :class:`sqlite3.OperationalError` too, with the same SQLite
+    error code and the message of ``error`` first, caused by ``error``: code that
+    catches the original keeps catching it.
+    """
+    # Errors of the sqlite3 module itself (a text that is not UTF-8) carry no code.
+    code = getattr(error, "sqlite_errorcode", None)
+    if worker.role == "writer" or code != sqlite3.SQLITE_READONLY:
+        return
+    hinted = sqlite3.OperationalError(
+        f"{error} (readers are read-only: pool.fetchone(), fetchall(), fetchval() and "
+        "pool.read() run on them. Run a statement that writes with pool.execute(), "
+        "whose result holds the rows of a RETURNING clause in .rows, or inside "
+        "pool.write())"
+    )
+    hinted.sqlite_errorcode = code
+    hinted.sqlite_errorname = error.sqlite_errorname
+    raise hinted from error
 
 
 def _iter_open(worker: Worker, key: int, sql: str, params: Params, size: int) -> list[Any]:
     cursor = worker.cursors[key] = worker.conn.cursor()  # type: ignore[union-attr]
     try:
         cursor.execute(sql, params)
-    except BaseException:
+    except BaseException as exc:
         _iter_close(worker, key)
+        if isinstance(exc, sqlite3.OperationalError):
+            _refused_write(worker, exc)
         raise
     return _iter_next(worker, key, size)
 
