@@ -15,6 +15,8 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, Final
 
+from ._rows import Row, dict_row, make_row
+
 #: Production defaults, applied to every connection unless ``pragmas`` overrides them.
 #: ``journal_mode`` is set by the writer only (readers are read-only).
 DEFAULT_PRAGMAS: Final[Mapping[str, int | str]] = {
@@ -40,11 +42,6 @@ _PRAGMA_WORD = re.compile(r"[A-Za-z0-9_.+-]+")
 
 RowFactory = Callable[[sqlite3.Cursor, tuple[Any, ...]], Any]
 Configure = Callable[[sqlite3.Connection], object]
-
-
-def dict_row(cursor: sqlite3.Cursor, row: tuple[Any, ...]) -> dict[str, Any]:
-    """Row factory that returns each row as a ``dict`` of column name to value."""
-    return {column[0]: value for column, value in zip(cursor.description, row, strict=True)}
 
 
 @dataclass(frozen=True, slots=True)
@@ -179,6 +176,8 @@ def make_options(
         raise TypeError(f"check must be a bool, not {check!r}")
     if row_factory is dict:
         row_factory = dict_row
+    elif row_factory is Row:
+        row_factory = make_row
     elif row_factory is not None and not callable(row_factory):
         raise TypeError(
             f"row_factory must be None, dict, sqlite3.Row or a callable, not {row_factory!r}"

@@ -62,6 +62,7 @@ from ._options import (
     make_options,
     open_connection,
 )
+from ._rows import Row
 from ._stats import PoolStatistics
 from ._upkeep import Upkeep, check_job, lifetime_deadline
 from ._worker import Job, Worker, commit_or_rollback, reset
@@ -85,7 +86,7 @@ def open_pool(
     acquire_timeout: float | None = DEFAULT_ACQUIRE_TIMEOUT,
     pragmas: Mapping[str, int | float | str | bool | None] | None = None,
     configure: Configure | None = None,
-    row_factory: RowFactory | type[dict[Any, Any]] | None = None,
+    row_factory: RowFactory | type[Row] | type[dict[Any, Any]] | None = None,
     uri: bool = False,
     name: str | None = None,
     chunk_size: int = DEFAULT_CHUNK_SIZE,
@@ -108,8 +109,11 @@ def open_pool(
         removes a default. Applied to every connection (``journal_mode`` to the writer).
     :param configure: called with each new :class:`sqlite3.Connection` on its own thread,
         after the pragmas (register SQL functions, collations, ...).
-    :param row_factory: how rows come back: tuples by default, ``sqlite3.Row``, ``dict``,
-        or any ``(cursor, row) -> object`` callable.
+    :param row_factory: how rows come back: tuples by default; :class:`~litepool.Row`
+        (tuples whose columns are also read by name: ``row.name``, ``row["name"]``),
+        ``dict``, ``sqlite3.Row``, or any ``(cursor, row) -> object`` callable. ``Row``
+        and ``dict`` refuse to guess between two columns of one name
+        (:class:`~litepool.AmbiguousColumn`).
     :param uri: interpret ``database`` as an SQLite URI.
     :param name: the pool's name in errors, logs and statistics.
     :param chunk_size: rows per round trip for :meth:`Connection.iterate`.
