@@ -91,6 +91,7 @@ def open_pool(
     name: str | None = None,
     chunk_size: int = DEFAULT_CHUNK_SIZE,
     cached_statements: int = 128,
+    detect_types: int = 0,
     wal_max_bytes: int | None = DEFAULT_WAL_MAX_BYTES,
     leak_timeout: float | None = None,
     max_lifetime: float | None = DEFAULT_MAX_LIFETIME,
@@ -118,6 +119,11 @@ def open_pool(
     :param name: the pool's name in errors, logs and statistics.
     :param chunk_size: rows per round trip for :meth:`Connection.iterate`.
     :param cached_statements: prepared statements cached per connection.
+    :param detect_types: passed to :func:`sqlite3.connect`: ``sqlite3.PARSE_DECLTYPES``
+        and/or ``sqlite3.PARSE_COLNAMES`` turn values into Python objects with the
+        converters registered by :func:`sqlite3.register_converter` (a registry of the
+        whole process, as are the adapters of :func:`sqlite3.register_adapter`). ``0``
+        (the default) converts nothing.
     :param wal_max_bytes: the size, in bytes, that the pool's housekeeper keeps the WAL
         file under, with checkpoints after writes that escalate as the WAL grows (see
         :meth:`Pool.checkpoint` and the operations guide). ``None`` turns housekeeping
@@ -155,6 +161,7 @@ def open_pool(
         name=name,
         chunk_size=chunk_size,
         cached_statements=cached_statements,
+        detect_types=detect_types,
         wal_max_bytes=wal_max_bytes,
         leak_timeout=leak_timeout,
         max_lifetime=max_lifetime,
