@@ -7,11 +7,20 @@ are fetched and its cursor is closed in the same job, so no statement is left ha
 
 from __future__ import annotations
 
+import functools
 import sqlite3
 from collections import deque
-from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
+from collections.abc import (
+    AsyncIterator,
+    Callable,
+    Coroutine,
+    Generator,
+    Iterable,
+    Mapping,
+    Sequence,
+)
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Final, TypeVar
+from typing import TYPE_CHECKING, Any, Final, ParamSpec, TypeVar
 
 from ._errors import ConnectionReleased, PoolClosed, PoolError, PoolForked, TransactionAborted
 from ._fork import inherited
@@ -21,6 +30,7 @@ if TYPE_CHECKING:
     from ._bridge import Bridge
 
 T = TypeVar("T")
+P = ParamSpec("P")
 
 Params = Sequence[Any] | Mapping[str, Any]
 
@@ -43,6 +53,44 @@ class ExecuteResult:
     """The rows the statement returned, made by the pool's row factory: those of an
     ``INSERT``, ``UPDATE`` or ``DELETE ... RETURNING`` (of every parameter set, in order,
     for ``executemany``), or of a query. Empty for a statement that returns none."""
+
+    if not TYPE_CHECKING:
+        # Habits from aiosqlite and the DB-API, where execute() returns a cursor. Only at
+        # run time: type checkers should report these as the errors they are.
+
+        def __getattr__(self, name: str) -> Any:
+            if name in _CURSOR_MEMBERS:
+                raise AttributeError(
+                    f"ExecuteResult has no {name!r}: execute() returns its result, not a "
+                    "cursor, and has already fetched any rows into result.rows. For a "
+                    "query, write 'row = await conn.fetchone(sql, params)' (or fetchall, "
+                    "fetchval, or 'async for row in conn.iterate(sql, params)')",
+                    name=name,
+                    obj=self,
+                )
+            raise AttributeError(
+                f"'ExecuteResult' object has no attribute {name!r}", name=name, obj=self
+            )
+
+        def __aiter__(self) -> Any:
+            raise TypeError(
+                "an ExecuteResult is not iterated with 'async for': its rows are already "
+                "in result.rows ('for row in result.rows'); to stream a query's rows, "
+                "write 'async for row in conn.iterate(sql, params)'"
+            )
+
+        def __iter__(self) -> Any:
+            raise TypeError(
+                "an ExecuteResult is not iterable: its rows are in result.rows, its "
+                "counts in result.rowcount and result.lastrowid"
+            )
+
+
+#: What a DB-API or aiosqlite cursor has and an :class:`ExecuteResult` has not.
+_CURSOR_MEMBERS: Final = frozenset(
+    {"fetchone", "fetchall", "fetchmany", "close", "description", "arraysize", "execute",
+     "executemany", "executescript", "setinputsizes", "setoutputsize", "connection"}
+)  # fmt: skip
 
 
 # -- job functions: run on the worker thread, first argument is the worker ----------
@@ -275,6 +323,76 @@ def check_params_seq(seq_of_params: object) -> None:
         )
 
 
+class _Awaited(Coroutine[Any, Any, T]):
+    """The coroutine of a :class:`Connection` method that aiosqlite users may enter with
+    ``async with`` or iterate with ``async for`` (where aiosqlite returns a cursor): those
+    raise a ``TypeError`` that says what to write instead. Awaiting it, or running it as
+    a task, is awaiting the method's own coroutine.
+    """
+
+    __slots__ = ("_coro", "_what")
+
+    def __init__(self, coro: Coroutine[Any, Any, T], what: str) -> None:
+        self._coro = coro
+        self._what = what
+
+    def __await__(self) -> Generator[Any, None, T]:
+        return self._coro.__await__()
+
+    def send(self, value: Any) -> Any:
+        return self._coro.send(value)
+
+    def throw(self, typ: Any, val: Any = None, tb: Any = None) -> Any:
+        if val is None and tb is None:
+            return self._coro.throw(typ)
+        return self._coro.throw(typ, val, tb)  # pragma: no cover - the deprecated form
+
+    def close(self) -> None:
+        self._coro.close()
+
+    def __getattr__(self, name: str) -> Any:
+        # cr_frame, cr_running, ...: what asyncio, trio and anyio read of a task's
+        # coroutine when this is run as a task of its own.
+        if name.startswith("cr_"):
+            return getattr(self._coro, name)
+        raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
+
+    def _misused(self, how: str) -> TypeError:
+        self._coro.close()  # never awaited: do not let it warn about that as well
+        return TypeError(
+            f"conn.{self._what}() is awaited, not {how} (it returns an ExecuteResult, not "
+            f"a cursor): write 'result = await conn.{self._what}(sql, ...)', whose "
+            "result.rows holds the rows of a RETURNING clause; for a query, write "
+            "'rows = await conn.fetchall(sql, params)', 'await conn.fetchone(...)', or "
+            "'async for row in conn.iterate(sql, params)'"
+        )
+
+    if not TYPE_CHECKING:
+        # Only at run time: type checkers report these uses as the errors they are.
+
+        async def __aenter__(self) -> Any:
+            raise self._misused("entered with 'async with'")
+
+        async def __aexit__(self, *exc_info: object) -> None:
+            return None
+
+        def __aiter__(self) -> Any:
+            raise self._misused("iterated with 'async for'")
+
+
+def _awaited(
+    method: Callable[P, Coroutine[Any, Any, T]],
+) -> Callable[P, Coroutine[Any, Any, T]]:
+    """Make ``method`` return an :class:`_Awaited` around its coroutine."""
+    what = method.__name__
+
+    @functools.wraps(method)
+    def call(*args: P.args, **kwargs: P.kwargs) -> Coroutine[Any, Any, T]:
+        return _Awaited(method(*args, **kwargs), what)
+
+    return call
+
+
 class Connection:
     """A checked-out connection: valid only inside the ``async with`` block that yielded it.
 
@@ -407,12 +525,14 @@ class Connection:
 
     # -- statements ------------------------------------------------------------------
 
+    @_awaited
     async def execute(self, sql: str, params: Params = ()) -> ExecuteResult:
         """Run one statement; return its ``rowcount`` and ``lastrowid``."""
         check_sql(sql, params)
         result: ExecuteResult = await self._call(execute_job, sql, params)
         return result
 
+    @_awaited
     async def executemany(self, sql: str, seq_of_params: Iterable[Params]) -> ExecuteResult:
         """Run one statement once per parameter set (consumed on the connection's thread)."""
         check_sql(sql, ())

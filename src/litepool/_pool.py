@@ -11,7 +11,7 @@ import sqlite3
 from collections.abc import Callable, Iterable, Mapping
 from time import monotonic
 from types import TracebackType
-from typing import Any, Final
+from typing import TYPE_CHECKING, Any, Final
 
 import anyio
 import anyio.to_thread
@@ -221,6 +221,16 @@ class Pool:
             f"<litepool.Pool {self._options.name!r} {self._state.value} "
             f"readers={self._readers_target}>"
         )
+
+    if not TYPE_CHECKING:
+        # Only at run time: for type checkers a Pool is not awaitable, and they say so.
+
+        def __await__(self) -> Any:
+            raise TypeError(
+                f"open_pool() returns pool {self.name!r} to be opened with 'async with', "
+                "which also closes it: write 'async with litepool.open_pool(...) as "
+                "pool:' and use the pool inside the block"
+            )
 
     @property
     def name(self) -> str:
