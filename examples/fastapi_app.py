@@ -1,13 +1,17 @@
 """A notes API: FastAPI on asyncio, served by uvicorn, backed by a litepool pool.
 
 The pool is opened in the application's lifespan and closed when the server shuts down.
-Reads go through a dependency that checks out a reader (``pool.read()``); writes go
-through ``pool.write()`` inside the endpoint, so that the transaction has committed
-before the response is sent.
+Reads go through a dependency that checks out a reader (``pool.read()``), writes through
+one that checks out the writer in a transaction (``pool.write()``). Both dependencies
+are declared with ``scope="function"``, so FastAPI leaves them when the endpoint
+returns, before the response is sent: the transaction has committed by the time the
+client gets its answer, and reads it right away. (With FastAPI's default scope a
+dependency is left after the response has been sent, so a client could read its own
+write before it was committed, and get a 2xx for a write whose COMMIT then failed.)
 
 Run it::
 
-    pip install litepool fastapi uvicorn
+    pip install litepool "fastapi>=0.121" uvicorn
     python examples/fastapi_app.py --database notes.db --port 8000
 
     curl -X POST localhost:8000/notes -H 'content-type: application/json' \\
@@ -18,7 +22,6 @@ Run it::
 from __future__ import annotations
 
 import argparse
-import sqlite3
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Annotated, Any
@@ -59,7 +62,7 @@ PoolDep = Annotated[litepool.Pool, Depends(get_pool)]
 
 
 async def read_connection(pool: PoolDep) -> AsyncIterator[litepool.Connection]:
-    """Dependency: a reader checked out for the request, returned when it is done.
+    """Dependency: a reader checked out for the endpoint, returned when it returns.
 
     If the client goes away and the request is cancelled, a running statement is
     interrupted and the reader goes back to the pool.
@@ -68,14 +71,31 @@ async def read_connection(pool: PoolDep) -> AsyncIterator[litepool.Connection]:
         yield conn
 
 
-ReaderDep = Annotated[litepool.Connection, Depends(read_connection)]
+async def write_connection(pool: PoolDep) -> AsyncIterator[litepool.Connection]:
+    """Dependency: the writer, in a transaction that commits when the endpoint returns
+    normally and rolls back when it raises (an ``HTTPException`` too)."""
+    async with pool.write(timeout=5) as conn:
+        yield conn
 
 
-def create_app(database: str, readers: int = 4) -> FastAPI:
+# scope="function": leave the dependency (return the reader; COMMIT) before the response
+# is sent, not after it.
+ReaderDep = Annotated[litepool.Connection, Depends(read_connection, scope="function")]
+WriterDep = Annotated[litepool.Connection, Depends(write_connection, scope="function")]
+
+
+def create_app(database: str, readers: int = 4, *, durable: bool = False) -> FastAPI:
+    # durable: fsync the WAL at every COMMIT, so that no acknowledged write is lost if
+    # the machine loses power (the default, synchronous=NORMAL, is safe from corruption
+    # but may lose the last transactions then).
+    pragmas = {"synchronous": "full"} if durable else None
+
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        # sqlite3.Row: rows index by column name, and unpack into the models with **.
-        async with litepool.open_pool(database, readers=readers, row_factory=sqlite3.Row) as pool:
+        # litepool.Row: rows read by column name, and unpack into the models with **.
+        async with litepool.open_pool(
+            database, readers=readers, row_factory=litepool.Row, pragmas=pragmas
+        ) as pool:
             async with pool.connection() as conn:
                 await conn.executescript(SCHEMA)
             app.state.pool = pool
@@ -103,30 +123,27 @@ def create_app(database: str, readers: int = 4) -> FastAPI:
         return Note(**row)
 
     @app.post("/notes", status_code=status.HTTP_201_CREATED)
-    async def create_note(note: NoteIn, pool: PoolDep) -> Note:
-        async with pool.write() as conn:
-            result = await conn.execute(
-                "INSERT INTO notes (title, body) VALUES (?, ?)", (note.title, note.body)
-            )
-        assert result.lastrowid is not None
-        return Note(id=result.lastrowid, views=0, **note.model_dump())
+    async def create_note(note: NoteIn, conn: WriterDep) -> Note:
+        # RETURNING gives back the new row, key and defaults included. (A single statement
+        # could also be its own transaction: 'await pool.execute(...)'.)
+        result = await conn.execute(
+            "INSERT INTO notes (title, body) VALUES (?, ?) RETURNING *", (note.title, note.body)
+        )
+        return Note(**result.rows[0])
 
     @app.post("/notes/{note_id}/view")
-    async def view_note(note_id: int, pool: PoolDep) -> Note:
+    async def view_note(note_id: int, conn: WriterDep) -> Note:
         # Read-modify-write: pool.write() holds the write lock from its first statement
         # to its COMMIT, so concurrent views are never lost.
-        async with pool.write() as conn:
-            row = await conn.fetchone("SELECT * FROM notes WHERE id = ?", (note_id,))
-            if row is None:
-                raise HTTPException(status.HTTP_404_NOT_FOUND, detail=f"note {note_id} not found")
-            views = row["views"] + 1
-            await conn.execute("UPDATE notes SET views = ? WHERE id = ?", (views, note_id))
-        return Note(**{**row, "views": views})
+        row = await conn.fetchone("SELECT * FROM notes WHERE id = ?", (note_id,))
+        if row is None:
+            raise HTTPException(status.HTTP_404_NOT_FOUND, detail=f"note {note_id} not found")
+        await conn.execute("UPDATE notes SET views = ? WHERE id = ?", (row.views + 1, note_id))
+        return Note(**{**row, "views": row.views + 1})
 
     @app.delete("/notes/{note_id}", status_code=status.HTTP_204_NO_CONTENT)
-    async def delete_note(note_id: int, pool: PoolDep) -> Response:
-        async with pool.write() as conn:
-            result = await conn.execute("DELETE FROM notes WHERE id = ?", (note_id,))
+    async def delete_note(note_id: int, conn: WriterDep) -> Response:
+        result = await conn.execute("DELETE FROM notes WHERE id = ?", (note_id,))
         if result.rowcount == 0:
             raise HTTPException(status.HTTP_404_NOT_FOUND, detail=f"note {note_id} not found")
         return Response(status_code=status.HTTP_204_NO_CONTENT)
@@ -150,10 +167,14 @@ def main() -> None:
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=8000)
     parser.add_argument("--readers", type=int, default=4)
+    parser.add_argument(
+        "--durable", action="store_true", help="fsync at every commit (synchronous=FULL)"
+    )
     args = parser.parse_args()
     # uvicorn runs the app on asyncio and shuts it down gracefully on SIGINT / SIGTERM:
     # in-flight requests finish, then the lifespan closes the pool.
-    uvicorn.run(create_app(args.database, args.readers), host=args.host, port=args.port)
+    app = create_app(args.database, args.readers, durable=args.durable)
+    uvicorn.run(app, host=args.host, port=args.port)
 
 
 if __name__ == "__main__":

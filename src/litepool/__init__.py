@@ -24,8 +24,9 @@ from ._errors import (
 )
 from ._generic import SQLiteConnectionPool
 from ._housekeeping import CheckpointResult
-from ._options import DEFAULT_PRAGMAS, dict_row
+from ._options import DEFAULT_PRAGMAS
 from ._pool import Checkout, Pool, open_pool
+from ._rows import AmbiguousColumn, Row, dict_row
 from ._stats import HISTOGRAM_BOUNDS, Histogram, LaneStatistics, PoolStatistics
 
 __version__ = "0.1.0.dev0"
@@ -33,6 +34,7 @@ __version__ = "0.1.0.dev0"
 __all__ = [
     "DEFAULT_PRAGMAS",
     "HISTOGRAM_BOUNDS",
+    "AmbiguousColumn",
     "Checkout",
     "CheckpointResult",
     "Connection",
@@ -47,6 +49,7 @@ __all__ = [
     "PoolForked",
     "PoolStatistics",
     "PoolTimeout",
+    "Row",
     "Rows",
     "SQLiteConnectionPool",
     "StatementRefused",

@@ -7,11 +7,20 @@ are fetched and its cursor is closed in the same job, so no statement is left ha
 
 from __future__ import annotations
 
+import functools
 import sqlite3
 from collections import deque
-from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Final, TypeVar
+from collections.abc import (
+    AsyncIterator,
+    Callable,
+    Coroutine,
+    Generator,
+    Iterable,
+    Mapping,
+    Sequence,
+)
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Final, ParamSpec, TypeVar
 
 from ._errors import ConnectionReleased, PoolClosed, PoolError, PoolForked, TransactionAborted
 from ._fork import inherited
@@ -23,6 +32,7 @@ if TYPE_CHECKING:
     from ._bridge import Bridge
 
 T = TypeVar("T")
+P = ParamSpec("P")
 
 Params = Sequence[Any] | Mapping[str, Any]
 
@@ -33,12 +43,56 @@ CONNECTION: Final = "connection"
 
 @dataclass(frozen=True, slots=True)
 class ExecuteResult:
-    """What a data-changing statement reports."""
+    """What a statement run by ``execute`` or ``executemany`` reports: the rows changed,
+    the last rowid inserted, and the rows it returned (a ``RETURNING`` clause's)."""
 
     rowcount: int
-    """Rows changed by the statement (``-1`` where SQLite does not say)."""
+    """Rows changed by the statement (``-1`` where SQLite does not say, as for a
+    ``SELECT``)."""
     lastrowid: int | None
-    """The rowid of the last row inserted by this statement, if any."""
+    """The rowid of the last row inserted on the connection, if any."""
+    rows: list[Any] = field(default_factory=list)
+    """The rows the statement returned, made by the pool's row factory: those of an
+    ``INSERT``, ``UPDATE`` or ``DELETE ... RETURNING`` (of every parameter set, in order,
+    for ``executemany``), or of a query. Empty for a statement that returns none."""
+
+    if not TYPE_CHECKING:
+        # Habits from aiosqlite and the DB-API, where execute() returns a cursor. Only at
+        # run time: type checkers should report these as the errors they are.
+
+        def __getattr__(self, name: str) -> Any:
+            if name in _CURSOR_MEMBERS:
+                raise AttributeError(
+                    f"ExecuteResult has no {name!r}: execute() returns its result, not a "
+                    "cursor, and has already fetched any rows into result.rows. For a "
+                    "query, write 'row = await conn.fetchone(sql, params)' (or fetchall, "
+                    "fetchval, or 'async for row in conn.iterate(sql, params)')",
+                    name=name,
+                    obj=self,
+                )
+            raise AttributeError(
+                f"'ExecuteResult' object has no attribute {name!r}", name=name, obj=self
+            )
+
+        def __aiter__(self) -> Any:
+            raise TypeError(
+                "an ExecuteResult is not iterated with 'async for': its rows are already "
+                "in result.rows ('for row in result.rows'); to stream a query's rows, "
+                "write 'async for row in conn.iterate(sql, params)'"
+            )
+
+        def __iter__(self) -> Any:
+            raise TypeError(
+                "an ExecuteResult is not iterable: its rows are in result.rows, its "
+                "counts in result.rowcount and result.lastrowid"
+            )
+
+
+#: What a DB-API or aiosqlite cursor has and an :class:`ExecuteResult` has not.
+_CURSOR_MEMBERS: Final = frozenset(
+    {"fetchone", "fetchall", "fetchmany", "close", "description", "arraysize", "execute",
+     "executemany", "executescript", "setinputsizes", "setoutputsize", "connection"}
+)  # fmt: skip
 
 
 # -- job functions: run on the worker thread, first argument is the worker ----------
@@ -53,7 +107,15 @@ def execute_job(worker: Worker, sql: str, params: Params) -> ExecuteResult:
     cursor = worker.conn.cursor()  # type: ignore[union-attr]
     try:
         cursor.execute(sql, params)
-        return ExecuteResult(cursor.rowcount, cursor.lastrowid)
+        if cursor.description is None:
+            return ExecuteResult(cursor.rowcount, cursor.lastrowid, [])
+        # A RETURNING clause (or a query): its rows, and the rowcount, which sqlite3
+        # knows only once the statement has run to its end.
+        rows = cursor.fetchall()
+        return ExecuteResult(cursor.rowcount, cursor.lastrowid, rows)
+    except sqlite3.OperationalError as exc:
+        _refused_write(worker, exc)
+        raise
     finally:
         cursor.close()
 
@@ -61,8 +123,23 @@ def execute_job(worker: Worker, sql: str, params: Params) -> ExecuteResult:
 def executemany_job(worker: Worker, sql: str, seq: Iterable[Params]) -> ExecuteResult:
     cursor = worker.conn.cursor()  # type: ignore[union-attr]
     try:
-        cursor.executemany(sql, seq)
-        return ExecuteResult(cursor.rowcount, cursor.lastrowid)
+        if "returning" not in sql.lower():
+            cursor.executemany(sql, seq)
+            return ExecuteResult(cursor.rowcount, cursor.lastrowid, [])
+        # sqlite3's executemany() drops the rows of a RETURNING clause and reports a
+        # rowcount of 0; run the parameter sets one by one to keep both. (A statement
+        # that only mentions the word takes this path too, with the same result.)
+        rows: list[Any] = []
+        rowcount = 0
+        for params in seq:
+            cursor.execute(sql, params)
+            rows += cursor.fetchall()
+            if cursor.rowcount > 0:
+                rowcount += cursor.rowcount
+        return ExecuteResult(rowcount, cursor.lastrowid, rows)
+    except sqlite3.OperationalError as exc:
+        _refused_write(worker, exc)
+        raise
     finally:
         cursor.close()
 
@@ -77,6 +154,9 @@ def _executescript(worker: Worker, script: str) -> None:
                 # Between two statements nothing runs for interrupt() to stop.
                 raise sqlite3.OperationalError("interrupted")
             cursor.execute(statement)
+    except sqlite3.OperationalError as exc:
+        _refused_write(worker, exc)
+        raise
     finally:
         cursor.close()
 
@@ -85,6 +165,9 @@ def fetchone_job(worker: Worker, sql: str, params: Params) -> Any:
     cursor = worker.conn.cursor()  # type: ignore[union-attr]
     try:
         return cursor.execute(sql, params).fetchone()
+    except sqlite3.OperationalError as exc:
+        _refused_write(worker, exc)
+        raise
     finally:
         cursor.close()
 
@@ -93,6 +176,9 @@ def fetchall_job(worker: Worker, sql: str, params: Params) -> list[Any]:
     cursor = worker.conn.cursor()  # type: ignore[union-attr]
     try:
         return cursor.execute(sql, params).fetchall()
+    except sqlite3.OperationalError as exc:
+        _refused_write(worker, exc)
+        raise
     finally:
         cursor.close()
 
@@ -102,17 +188,45 @@ def fetchval_job(worker: Worker, sql: str, params: Params) -> Any:
     try:
         cursor.row_factory = None  # the first column, whatever the pool's row factory
         row = cursor.execute(sql, params).fetchone()
+    except sqlite3.OperationalError as exc:
+        _refused_write(worker, exc)
+        raise
     finally:
         cursor.close()
     return None if row is None else row[0]
+
+
+def _refused_write(worker: Worker, error: sqlite3.OperationalError) -> None:
+    """Raise instead of ``error`` an error that says where the statement should have gone,
+    if it is a write that a reader refused; else return (the caller re-raises ``error``).
+
+    The new error is an :class:`sqlite3.OperationalError` too, with the same SQLite
+    error code and the message of ``error`` first, caused by ``error``: code that
+    catches the original keeps catching it.
+    """
+    # Errors of the sqlite3 module itself (a text that is not UTF-8) carry no code.
+    code = getattr(error, "sqlite_errorcode", None)
+    if worker.role == "writer" or code != sqlite3.SQLITE_READONLY:
+        return
+    hinted = sqlite3.OperationalError(
+        f"{error} (readers are read-only: pool.fetchone(), fetchall(), fetchval() and "
+        "pool.read() run on them. Run a statement that writes with pool.execute(), "
+        "whose result holds the rows of a RETURNING clause in .rows, or inside "
+        "pool.write())"
+    )
+    hinted.sqlite_errorcode = code
+    hinted.sqlite_errorname = error.sqlite_errorname
+    raise hinted from error
 
 
 def _iter_open(worker: Worker, key: int, sql: str, params: Params, size: int) -> list[Any]:
     cursor = worker.cursors[key] = worker.conn.cursor()  # type: ignore[union-attr]
     try:
         cursor.execute(sql, params)
-    except BaseException:
+    except BaseException as exc:
         _iter_close(worker, key)
+        if isinstance(exc, sqlite3.OperationalError):
+            _refused_write(worker, exc)
         raise
     return _iter_next(worker, key, size)
 
@@ -200,6 +314,76 @@ def check_params_seq(seq_of_params: object) -> None:
         raise TypeError(
             f"seq_of_params must be an iterable of parameter sets, not {seq_of_params!r}"
         )
+
+
+class _Awaited(Coroutine[Any, Any, T]):
+    """The coroutine of a :class:`Connection` method that aiosqlite users may enter with
+    ``async with`` or iterate with ``async for`` (where aiosqlite returns a cursor): those
+    raise a ``TypeError`` that says what to write instead. Awaiting it, or running it as
+    a task, is awaiting the method's own coroutine.
+    """
+
+    __slots__ = ("_coro", "_what")
+
+    def __init__(self, coro: Coroutine[Any, Any, T], what: str) -> None:
+        self._coro = coro
+        self._what = what
+
+    def __await__(self) -> Generator[Any, None, T]:
+        return self._coro.__await__()
+
+    def send(self, value: Any) -> Any:
+        return self._coro.send(value)
+
+    def throw(self, typ: Any, val: Any = None, tb: Any = None) -> Any:
+        if val is None and tb is None:
+            return self._coro.throw(typ)
+        return self._coro.throw(typ, val, tb)  # pragma: no cover - the deprecated form
+
+    def close(self) -> None:
+        self._coro.close()
+
+    def __getattr__(self, name: str) -> Any:
+        # cr_frame, cr_running, ...: what asyncio, trio and anyio read of a task's
+        # coroutine when this is run as a task of its own.
+        if name.startswith("cr_"):
+            return getattr(self._coro, name)
+        raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
+
+    def _misused(self, how: str) -> TypeError:
+        self._coro.close()  # never awaited: do not let it warn about that as well
+        return TypeError(
+            f"conn.{self._what}() is awaited, not {how} (it returns an ExecuteResult, not "
+            f"a cursor): write 'result = await conn.{self._what}(sql, ...)', whose "
+            "result.rows holds the rows of a RETURNING clause; for a query, write "
+            "'rows = await conn.fetchall(sql, params)', 'await conn.fetchone(...)', or "
+            "'async for row in conn.iterate(sql, params)'"
+        )
+
+    if not TYPE_CHECKING:
+        # Only at run time: type checkers report these uses as the errors they are.
+
+        async def __aenter__(self) -> Any:
+            raise self._misused("entered with 'async with'")
+
+        async def __aexit__(self, *exc_info: object) -> None:
+            return None
+
+        def __aiter__(self) -> Any:
+            raise self._misused("iterated with 'async for'")
+
+
+def _awaited(
+    method: Callable[P, Coroutine[Any, Any, T]],
+) -> Callable[P, Coroutine[Any, Any, T]]:
+    """Make ``method`` return an :class:`_Awaited` around its coroutine."""
+    what = method.__name__
+
+    @functools.wraps(method)
+    def call(*args: P.args, **kwargs: P.kwargs) -> Coroutine[Any, Any, T]:
+        return _Awaited(method(*args, **kwargs), what)
+
+    return call
 
 
 class Connection:
@@ -336,12 +520,14 @@ class Connection:
 
     # -- statements ------------------------------------------------------------------
 
+    @_awaited
     async def execute(self, sql: str, params: Params = ()) -> ExecuteResult:
         """Run one statement; return its ``rowcount`` and ``lastrowid``."""
         check_sql(sql, params)
         result: ExecuteResult = await self._call(execute_job, sql, params)
         return result
 
+    @_awaited
     async def executemany(self, sql: str, seq_of_params: Iterable[Params]) -> ExecuteResult:
         """Run one statement once per parameter set (consumed on the connection's thread)."""
         check_sql(sql, ())

@@ -15,6 +15,8 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, Final
 
+from ._rows import Row, dict_row, make_row
+
 #: Production defaults, applied to every connection unless ``pragmas`` overrides them.
 #: ``journal_mode`` is set by the writer only (readers are read-only).
 DEFAULT_PRAGMAS: Final[Mapping[str, int | str]] = {
@@ -41,10 +43,8 @@ _PRAGMA_WORD = re.compile(r"[A-Za-z0-9_.+-]+")
 RowFactory = Callable[[sqlite3.Cursor, tuple[Any, ...]], Any]
 Configure = Callable[[sqlite3.Connection], object]
 
-
-def dict_row(cursor: sqlite3.Cursor, row: tuple[Any, ...]) -> dict[str, Any]:
-    """Row factory that returns each row as a ``dict`` of column name to value."""
-    return {column[0]: value for column, value in zip(cursor.description, row, strict=True)}
+#: What ``detect_types`` may combine: sqlite3's two ways of choosing a converter.
+_DETECT_TYPES: Final = sqlite3.PARSE_DECLTYPES | sqlite3.PARSE_COLNAMES
 
 
 @dataclass(frozen=True, slots=True)
@@ -62,6 +62,7 @@ class PoolOptions:
     row_factory: RowFactory | None
     chunk_size: int
     cached_statements: int
+    detect_types: int = 0
     wal_max_bytes: int | None = None
     leak_timeout: float | None = None
     max_lifetime: float | None = None
@@ -143,6 +144,7 @@ def make_options(
     name: object,
     chunk_size: object,
     cached_statements: object,
+    detect_types: object = 0,
     wal_max_bytes: object = None,
     leak_timeout: object = None,
     max_lifetime: object = None,
@@ -179,9 +181,17 @@ def make_options(
         raise TypeError(f"check must be a bool, not {check!r}")
     if row_factory is dict:
         row_factory = dict_row
+    elif row_factory is Row:
+        row_factory = make_row
     elif row_factory is not None and not callable(row_factory):
         raise TypeError(
             f"row_factory must be None, dict, sqlite3.Row or a callable, not {row_factory!r}"
+        )
+    detect_types = check_int(detect_types, "detect_types", 0)
+    if detect_types & ~_DETECT_TYPES:
+        raise ValueError(
+            "detect_types must combine sqlite3.PARSE_DECLTYPES and sqlite3.PARSE_COLNAMES "
+            f"(or be 0), got {detect_types!r}"
         )
     return PoolOptions(
         name=name,
@@ -195,6 +205,7 @@ def make_options(
         row_factory=row_factory,
         chunk_size=check_int(chunk_size, "chunk_size", 1),
         cached_statements=check_int(cached_statements, "cached_statements", 0),
+        detect_types=detect_types,
         wal_max_bytes=None
         if wal_max_bytes is None
         else check_int(wal_max_bytes, "wal_max_bytes", MIN_WAL_MAX_BYTES),
@@ -227,6 +238,7 @@ def open_connection(options: PoolOptions, *, writer: bool) -> sqlite3.Connection
         # DML, which is what lets read-modify-write lose updates.
         isolation_level=None,
         cached_statements=options.cached_statements,
+        detect_types=options.detect_types,
     )
     try:
         for pragma, value in options.pragmas:

@@ -12,7 +12,7 @@ import sys
 from collections.abc import Callable, Iterable, Mapping
 from time import monotonic
 from types import TracebackType
-from typing import Any, Final
+from typing import TYPE_CHECKING, Any, Final
 
 import anyio
 import anyio.to_thread
@@ -64,6 +64,7 @@ from ._options import (
     make_options,
     open_connection,
 )
+from ._rows import Row
 from ._stats import PoolStatistics
 from ._upkeep import Upkeep, check_job, lifetime_deadline
 from ._worker import Job, Worker, commit_or_rollback, reset
@@ -87,11 +88,12 @@ def open_pool(
     acquire_timeout: float | None = DEFAULT_ACQUIRE_TIMEOUT,
     pragmas: Mapping[str, int | float | str | bool | None] | None = None,
     configure: Configure | None = None,
-    row_factory: RowFactory | type[dict[Any, Any]] | None = None,
+    row_factory: RowFactory | type[Row] | type[dict[Any, Any]] | None = None,
     uri: bool = False,
     name: str | None = None,
     chunk_size: int = DEFAULT_CHUNK_SIZE,
     cached_statements: int = 128,
+    detect_types: int = 0,
     wal_max_bytes: int | None = DEFAULT_WAL_MAX_BYTES,
     leak_timeout: float | None = None,
     max_lifetime: float | None = DEFAULT_MAX_LIFETIME,
@@ -110,12 +112,20 @@ def open_pool(
         removes a default. Applied to every connection (``journal_mode`` to the writer).
     :param configure: called with each new :class:`sqlite3.Connection` on its own thread,
         after the pragmas (register SQL functions, collations, ...).
-    :param row_factory: how rows come back: tuples by default, ``sqlite3.Row``, ``dict``,
-        or any ``(cursor, row) -> object`` callable.
+    :param row_factory: how rows come back: tuples by default; :class:`~litepool.Row`
+        (tuples whose columns are also read by name: ``row.name``, ``row["name"]``),
+        ``dict``, ``sqlite3.Row``, or any ``(cursor, row) -> object`` callable. ``Row``
+        and ``dict`` refuse to guess between two columns of one name
+        (:class:`~litepool.AmbiguousColumn`).
     :param uri: interpret ``database`` as an SQLite URI.
     :param name: the pool's name in errors, logs and statistics.
     :param chunk_size: rows per round trip for :meth:`Connection.iterate`.
     :param cached_statements: prepared statements cached per connection.
+    :param detect_types: passed to :func:`sqlite3.connect`: ``sqlite3.PARSE_DECLTYPES``
+        and/or ``sqlite3.PARSE_COLNAMES`` turn values into Python objects with the
+        converters registered by :func:`sqlite3.register_converter` (a registry of the
+        whole process, as are the adapters of :func:`sqlite3.register_adapter`). ``0``
+        (the default) converts nothing.
     :param wal_max_bytes: the size, in bytes, that the pool's housekeeper keeps the WAL
         file under, with checkpoints after writes that escalate as the WAL grows (see
         :meth:`Pool.checkpoint` and the operations guide). ``None`` turns housekeeping
@@ -153,6 +163,7 @@ def open_pool(
         name=name,
         chunk_size=chunk_size,
         cached_statements=cached_statements,
+        detect_types=detect_types,
         wal_max_bytes=wal_max_bytes,
         leak_timeout=leak_timeout,
         max_lifetime=max_lifetime,
@@ -212,6 +223,16 @@ class Pool:
             f"<litepool.Pool {self._options.name!r} {self._state.value} "
             f"readers={self._readers_target}>"
         )
+
+    if not TYPE_CHECKING:
+        # Only at run time: for type checkers a Pool is not awaitable, and they say so.
+
+        def __await__(self) -> Any:
+            raise TypeError(
+                f"open_pool() returns pool {self.name!r} to be opened with 'async with', "
+                "which also closes it: write 'async with litepool.open_pool(...) as "
+                "pool:' and use the pool inside the block"
+            )
 
     @property
     def name(self) -> str:
