@@ -115,7 +115,11 @@ class LockHolder:
             assert await self.process.wait() == 0
 
 
-async def test_lock_held_by_another_process_fails_after_busy_timeout(db_path: str) -> None:
+async def test_lock_held_by_another_process_waits_for_the_callers_timeout(db_path: str) -> None:
+    """Writes wait for another process's lock until their own timeout, never failing
+    with "database is locked" earlier (busy_timeout does not cut them short); then they
+    raise PoolTimeout naming the lock. pool.connection() blocks manage their own
+    transactions and fail after busy_timeout, as plain sqlite3 does."""
     busy_ms = 100
     async with litepool.open_pool(db_path, readers=2, pragmas={"busy_timeout": busy_ms}) as pool:
         await make_table(pool)
@@ -123,13 +127,23 @@ async def test_lock_held_by_another_process_fails_after_busy_timeout(db_path: st
             holder = LockHolder(proc)
             await holder.expect(b"locked")
 
+            for call in ("write", "execute"):
+                started = time.monotonic()
+                with pytest.raises(litepool.PoolTimeout, match="write lock did not come free"):
+                    if call == "write":
+                        async with pool.write(timeout=0.6) as conn:
+                            await conn.execute("INSERT INTO t VALUES (10, 'lost to the lock')")
+                    else:
+                        await pool.execute("INSERT INTO t VALUES (10, 'lost')", timeout=0.6)
+                waited = time.monotonic() - started
+                # The caller's timeout, not the 100 ms busy_timeout, bounded the wait.
+                assert 0.6 <= waited < 2.5, (call, waited)
+            # A cancel scope ends the wait within a slice of the busy handler.
             started = time.monotonic()
-            with pytest.raises(sqlite3.OperationalError, match="database is locked"):
-                async with pool.write() as conn:
-                    await conn.execute("INSERT INTO t VALUES (10, 'lost to the lock')")
-            waited = time.monotonic() - started
-            # The pool's busy_timeout, not the 5 s default, bounded the wait.
-            assert busy_ms / 1000 * 0.5 <= waited < 2.5, waited
+            with anyio.move_on_after(0.3) as scope:
+                await pool.execute("INSERT INTO t VALUES (10, 'cancelled')")
+            assert scope.cancelled_caught
+            assert time.monotonic() - started < 0.3 + 0.1
             with pytest.raises(sqlite3.OperationalError, match="database is locked"):
                 async with pool.connection() as conn:
                     await conn.execute("INSERT INTO t VALUES (11, 'autocommit')")
@@ -149,15 +163,36 @@ async def test_lock_held_by_another_process_fails_after_busy_timeout(db_path: st
     assert [row[0] for row in committed_rows(db_path)] == [0, 1, 2, 20, 100]
 
 
-async def test_begin_that_met_the_lock_is_tried_again_in_the_same_block(db_path: str) -> None:
-    """A caller may catch 'database is locked' inside ``pool.write()`` and try again."""
+async def test_write_that_waits_for_another_process_succeeds_once_it_lets_go(
+    db_path: str,
+) -> None:
+    """No "database is locked" before the caller's deadline: a write queued while
+    another process holds the lock for longer than busy_timeout goes through when it
+    lets go."""
     async with litepool.open_pool(db_path, readers=1, pragmas={"busy_timeout": 50}) as pool:
         await make_table(pool)
         async with await anyio.open_process([sys.executable, "-c", LOCK_HOLDER, db_path]) as proc:
             holder = LockHolder(proc)
             await holder.expect(b"locked")
-            async with pool.write() as conn:
-                with pytest.raises(sqlite3.OperationalError, match="database is locked"):
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(pool.execute, "INSERT INTO t VALUES (10, 'waited')")
+                # Held for six busy_timeouts (the condition under test, not a wait for
+                # something to happen): the write keeps waiting.
+                await anyio.sleep(0.3)
+                assert not committed_rows(db_path)[3:]
+                await holder.release()
+        assert [row[0] for row in committed_rows(db_path)] == [0, 1, 2, 10, 100]
+
+
+async def test_begin_that_met_the_lock_is_tried_again_in_the_same_block(db_path: str) -> None:
+    """A caller may catch the timeout of BEGIN inside ``pool.write()`` and try again."""
+    async with litepool.open_pool(db_path, readers=1, pragmas={"busy_timeout": 50}) as pool:
+        await make_table(pool)
+        async with await anyio.open_process([sys.executable, "-c", LOCK_HOLDER, db_path]) as proc:
+            holder = LockHolder(proc)
+            await holder.expect(b"locked")
+            async with pool.write(timeout=0.1) as conn:
+                with pytest.raises(litepool.PoolTimeout, match="write lock"):
                     await conn.execute("INSERT INTO t VALUES (10, 'first try')")
                 await holder.release()
                 # BEGIN IMMEDIATE rides with this statement again.

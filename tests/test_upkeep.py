@@ -9,11 +9,9 @@ from __future__ import annotations
 
 import contextlib
 import os
-import shutil
 import sqlite3
 import threading
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
 import anyio
@@ -342,45 +340,6 @@ async def test_check_on_checkout_swaps_a_broken_connection(db_path: str) -> None
         stats = pool.statistics()
         assert stats.connections_lost == 2
         assert stats.read.checkouts == 2 + 3
-
-
-async def test_check_notices_the_database_file_replaced(tmp_path: Path) -> None:
-    path = str(tmp_path / "app.db")
-    other = str(tmp_path / "other.db")
-    conn = sqlite3.connect(other)
-    conn.execute("CREATE TABLE t (id INTEGER PRIMARY KEY, v TEXT)")
-    conn.execute("INSERT INTO t VALUES (1, 'from the new file')")
-    conn.commit()
-    conn.close()
-    # A rollback journal: replacing a file in WAL mode would leave the old WAL beside it.
-    async with litepool.open_pool(
-        path, readers=1, check=True, pragmas={"journal_mode": "delete"}, name="moved"
-    ) as pool:
-        await make_table(pool)
-        os.replace(other, path)
-        async with pool.read() as reader:
-            assert await reader.fetchval("SELECT v FROM t WHERE id = 1") == "from the new file"
-        async with pool.connection() as writer:
-            assert await writer.fetchval("SELECT count(*) FROM t") == 1
-        assert pool.statistics().connections_lost == 2
-
-
-async def test_write_to_a_replaced_file_replaces_the_writer(tmp_path: Path) -> None:
-    path = str(tmp_path / "app.db")
-    async with litepool.open_pool(
-        path, readers=1, pragmas={"journal_mode": "delete"}, name="dbmoved"
-    ) as pool:
-        await make_table(pool)
-        copy = str(tmp_path / "copy.db")
-        shutil.copyfile(path, copy)
-        os.replace(copy, path)
-        with pytest.raises(sqlite3.OperationalError, match="readonly"):
-            await pool.execute("INSERT INTO t VALUES (1000, 'x')")
-        await until(lambda: pool.statistics().connections_replaced == 1)
-        await pool.execute("INSERT INTO t VALUES (1000, 'x')")
-    conn = sqlite3.connect(path)
-    assert conn.execute("SELECT v FROM t WHERE id = 1000").fetchone() == ("x",)
-    conn.close()
 
 
 async def test_check_cancelled_gives_the_connection_back(

@@ -14,6 +14,7 @@ from ._connection import Connection, ExecuteResult, Rows
 from ._errors import (
     ConnectionLost,
     ConnectionReleased,
+    DatabaseLost,
     PoolClosed,
     PoolError,
     PoolForked,
@@ -40,6 +41,7 @@ __all__ = [
     "Connection",
     "ConnectionLost",
     "ConnectionReleased",
+    "DatabaseLost",
     "ExecuteResult",
     "Histogram",
     "LaneStatistics",

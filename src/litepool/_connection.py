@@ -22,7 +22,7 @@ from collections.abc import (
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Final, ParamSpec, TypeVar
 
-from ._errors import ConnectionReleased, PoolClosed, PoolError, PoolForked, TransactionAborted
+from ._errors import ConnectionReleased, PoolError, PoolForked, TransactionAborted
 from ._fork import inherited
 from ._interrupt import protected
 from ._script import split_script
@@ -249,27 +249,30 @@ def _iter_close(worker: Worker, key: int) -> None:
         cursor.close()
 
 
-def in_transaction(worker: Worker, fn: Callable[..., Any], args: tuple[Any, ...]) -> Any:
-    """``fn`` inside BEGIN IMMEDIATE ... COMMIT, rolled back if anything fails."""
+def in_transaction(
+    worker: Worker, timeout: float | None, fn: Callable[..., Any], args: tuple[Any, ...]
+) -> Any:
+    """``fn`` inside BEGIN IMMEDIATE ... COMMIT, rolled back if anything fails; waits
+    up to ``timeout`` seconds for the write lock (see :mod:`._transactions`)."""
     conn = worker.conn
-    guard = worker.guard
+    transactions = worker.transactions
     assert conn is not None
-    assert guard is not None
-    guard.begin()
+    assert transactions is not None
+    transactions.begin(timeout, worker.current_cancelled)
     try:
         result = fn(worker, *args)
         if worker.current_cancelled():
             # The statement finished before the interrupt reached it; its caller is gone,
             # so do not commit what it can no longer be told about.
             raise sqlite3.OperationalError("interrupted")
-        guard.commit()
+        transactions.commit()
     except BaseException:
         if conn.in_transaction:
             worker.rollbacks += 1
-            guard.rollback()
+            transactions.rollback()
         raise
     finally:
-        guard.leave()
+        transactions.end()
     return result
 
 
@@ -277,15 +280,26 @@ def _run_user(worker: Worker, fn: Callable[..., Any], args: tuple[Any, ...]) -> 
     return fn(worker.conn, *args)
 
 
-def _begin_then(worker: Worker, fn: Callable[..., Any], args: tuple[Any, ...]) -> Any:
+def _begin_then(
+    worker: Worker, timeout: float | None, fn: Callable[..., Any], args: tuple[Any, ...]
+) -> Any:
     # BEGIN IMMEDIATE rides with the transaction's first statement: one round trip saved.
     # IMMEDIATE takes the write lock now, so a read-modify-write cannot lose an update and
-    # a conflict waits on the busy timeout instead of failing with SQLITE_BUSY_SNAPSHOT.
-    guard = worker.guard
-    assert guard is not None
+    # a conflict waits for the lock instead of failing with SQLITE_BUSY_SNAPSHOT.
+    transactions = worker.transactions
+    assert transactions is not None
     worker.begin_failed = True
-    guard.begin()
+    transactions.begin(timeout, worker.current_cancelled)
     worker.begin_failed = False
+    return fn(worker, *args)
+
+
+def _caller_busy_then(worker: Worker, fn: Callable[..., Any], args: tuple[Any, ...]) -> Any:
+    # A pool.connection() block manages its own transactions: its statements wait for
+    # locks for the configured busy_timeout, restored by the reset at the block's end.
+    transactions = worker.transactions
+    assert transactions is not None
+    transactions.begin_caller_block()
     return fn(worker, *args)
 
 
@@ -405,18 +419,29 @@ class Connection:
         "_iterators",
         "_kind",
         "_pool_name",
+        "_timeout",
         "_worker",
         "chunk_size",
     )
 
     def __init__(
-        self, worker: Worker, bridge: Bridge, kind: str, pool_name: str, chunk_size: int
+        self,
+        worker: Worker,
+        bridge: Bridge,
+        kind: str,
+        pool_name: str,
+        chunk_size: int,
+        timeout: float | None,
     ) -> None:
         self._worker: Worker | None = worker
         self._bridge = bridge
         self._kind = kind
         self._pool_name = pool_name
-        self._begin_pending = kind == WRITE
+        # How long BEGIN IMMEDIATE may wait for another process's write lock.
+        self._timeout = timeout
+        # The first call also begins the transaction (pool.write()) or puts back the
+        # configured busy_timeout (pool.connection()).
+        self._begin_pending = kind != READ
         self._inflight = 0
         self._iterators = 0
         self._dirty = False
@@ -453,7 +478,7 @@ class Connection:
                     f"pool {self._pool_name!r} was opened in the parent of this process, "
                     "which was created by os.fork(); its connections cannot be used here"
                 )
-            raise PoolClosed(f"pool {self._pool_name!r} is closed")
+            raise worker.stopped_error()
         if self._aborted is not None:
             raise TransactionAborted(self._aborted)
         return worker
@@ -464,7 +489,10 @@ class Connection:
         began = self._begin_pending
         if began:
             self._begin_pending = False
-            job = Job(_begin_then, (fn, args))
+            if self._kind == WRITE:
+                job = Job(_begin_then, (self._timeout, fn, args))
+            else:
+                job = Job(_caller_busy_then, (fn, args), interruptible)
         else:
             job = Job(fn, args, interruptible)
         self._inflight += 1
@@ -487,9 +515,9 @@ class Connection:
         error = job.error
         if error is not None:
             job.error = None
-            if began and worker.begin_failed:
-                # BEGIN itself failed (another process held the lock past the busy
-                # timeout): nothing has run, so the next call may simply try again.
+            if began and self._kind == WRITE and worker.begin_failed:
+                # BEGIN itself failed (another process held the lock past the timeout):
+                # nothing has run, so the next call may simply try again.
                 self._begin_pending = True
             elif self._kind == WRITE and not (
                 worker.conn is not None and worker.conn.in_transaction
@@ -515,6 +543,8 @@ class Connection:
     def _needs_reset(self, worker: Worker) -> bool:
         if self._dirty or self._inflight or self._iterators:
             return True
+        if self._kind == CONNECTION and not self._begin_pending:
+            return True  # the reset puts the writer's own busy_timeout back
         conn = worker.conn
         return conn is not None and conn.in_transaction
 

@@ -85,3 +85,15 @@ class WouldDeadlock(PoolError, RuntimeError):
     itself, so the call raises at once; the message names the checkout the task holds
     and where it was taken. Use the connection you hold, or leave its block first.
     """
+
+
+class DatabaseLost(PoolError):
+    """The database file the pool opened is no longer at its path.
+
+    It was deleted, moved, or replaced by another file (a restore copied over it) after
+    the pool opened it. The pool's connections still have the old file open, so their
+    writes would succeed and then be lost with it; the pool therefore refuses every
+    read and write from the moment it notices (within a second, and at the latest at
+    the next write transaction), and never creates a new, empty database in its place.
+    Leave the pool's block and open a new pool.
+    """

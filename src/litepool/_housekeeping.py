@@ -33,11 +33,9 @@ first come, first served, like a single statement (but not counted as one).
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import os
 import sqlite3
-from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any, Final, NamedTuple
 
 import anyio
@@ -144,25 +142,18 @@ def _wal_size(state: WalState) -> int | None:
         return 0
 
 
-def _run_checkpoint(conn: sqlite3.Connection, mode: str, state: WalState) -> CheckpointResult:
-    busy, log, done = _rows(conn, f"PRAGMA wal_checkpoint({mode})")[0]
+def _run_checkpoint(worker: Worker, mode: str, state: WalState, limit: float) -> CheckpointResult:
+    """One checkpoint in ``mode``, waiting for readers for up to ``limit`` seconds (and
+    no longer once its caller is cancelled)."""
+    transactions = worker.transactions
+    assert transactions is not None
+    busy, log, done = transactions.checkpoint(mode, limit, worker.current_cancelled)
     result = CheckpointResult(bool(busy), log, done)
     state.wal_bytes = _wal_size(state)
     state.busy += result.busy
     state.checkpoints += 1
     state.mode = mode  # last: the loop may read these while the job runs
     return result
-
-
-@contextlib.contextmanager
-def _busy_timeout(conn: sqlite3.Connection, seconds: float) -> Iterator[None]:
-    previous = _rows(conn, "PRAGMA busy_timeout")[0][0]
-    wait = min(int(previous), int(seconds * 1000))
-    _rows(conn, f"PRAGMA busy_timeout={wait}")
-    try:
-        yield
-    finally:
-        _rows(conn, f"PRAGMA busy_timeout={int(previous)}")
 
 
 def checkpoint_job(worker: Worker, mode: str, state: WalState) -> CheckpointResult:
@@ -174,7 +165,9 @@ def checkpoint_job(worker: Worker, mode: str, state: WalState) -> CheckpointResu
     size = _wal_size(state)
     if size is not None and (state.peak is None or size > state.peak):
         state.peak = size
-    return _run_checkpoint(conn, mode, state)
+    transactions = worker.transactions
+    assert transactions is not None
+    return _run_checkpoint(worker, mode, state, transactions.busy_ms / 1000)
 
 
 #: ``PRAGMA analysis_limit`` for the ``PRAGMA optimize`` run when the pool closes: it
@@ -215,10 +208,9 @@ def housekeeping_job(worker: Worker, state: WalState, max_bytes: int, escalate: 
     if not size:
         return _DONE
     if size > max_bytes // 2 or (escalate and size > max_bytes // 4):
-        with _busy_timeout(conn, ESCALATION_WAIT):
-            result = _run_checkpoint(conn, "TRUNCATE", state)
+        result = _run_checkpoint(worker, "TRUNCATE", state, ESCALATION_WAIT)
     else:
-        result = _run_checkpoint(conn, "PASSIVE", state)
+        result = _run_checkpoint(worker, "PASSIVE", state, 0)
     return _BUSY if result.busy else _DONE
 
 

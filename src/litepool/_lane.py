@@ -29,7 +29,7 @@ from collections import deque
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, Final, Protocol
 
-from ._errors import PoolClosed, PoolTimeout, WouldDeadlock
+from ._errors import PoolClosed, PoolError, PoolTimeout, WouldDeadlock
 from ._interrupt import protected
 from ._stats import LaneStatistics, Recorder
 from ._worker import MAX_BATCH, Job, JobCost, Worker
@@ -83,6 +83,7 @@ class Lane:
     __slots__ = (
         "_borrowers",
         "_bridge",
+        "_closed_error",
         "_waiters",
         "acquire_wait",
         "checkouts",
@@ -117,6 +118,7 @@ class Lane:
         self.statements = 0
         self.timeouts = 0
         self.closed = False
+        self._closed_error: PoolError | None = None
         # Filled by checkouts (see Checkout); read only by statistics().
         self.acquire_wait = Recorder()
         self.usage = Recorder()
@@ -142,7 +144,7 @@ class Lane:
         is handed to it, holds nothing afterwards; the connection goes to the next waiter.
         """
         if self.closed:
-            raise PoolClosed(f"pool {self.pool_name!r} is closed")
+            raise self._refusal("is closed")
         if self.idle and not self.waiting:
             return self._hold(borrower)
         if self._borrowers:
@@ -159,7 +161,7 @@ class Lane:
         if waiter.state != _GRANTED or worker is None:
             self._abandon(waiter)
             if self.closed:
-                raise PoolClosed(f"pool {self.pool_name!r} was closed while waiting")
+                raise self._refusal("was closed while waiting")
             self.timeouts += 1
             stats = self.statistics()
             holders = "" if self.holders is None else self.holders()
@@ -336,14 +338,22 @@ class Lane:
     # -- closing and statistics ----------------------------------------------------------
 
     @protected
-    def close(self) -> None:
-        """Refuse new checkouts and wake every waiter, which then raises PoolClosed."""
+    def close(self, error: PoolError | None = None) -> None:
+        """Refuse new checkouts and wake every waiter, which then raises ``error``
+        (by default :class:`~litepool.PoolClosed`)."""
         self.closed = True
+        self._closed_error = error
         waiters = self._waiters
         while waiters:
             waiter = waiters.popleft()
             self.waiting -= 1
             self._bridge.resume(waiter)
+
+    def _refusal(self, what: str) -> PoolError:
+        error = self._closed_error
+        if error is not None:
+            return type(error)(*error.args)
+        return PoolClosed(f"pool {self.pool_name!r} {what}")
 
     def statistics(self) -> LaneStatistics:
         size = len(self.workers)

@@ -13,7 +13,7 @@ import sqlite3
 import uuid
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any, Final
+from typing import TYPE_CHECKING, Any, Final
 
 from ._rows import Row, dict_row, make_row
 
@@ -36,6 +36,9 @@ DEFAULT_CHUNK_SIZE: Final = 256
 DEFAULT_MAX_LIFETIME: Final = 3600.0
 #: The smallest ``wal_max_bytes`` accepted: a few pages.
 MIN_WAL_MAX_BYTES: Final = 64 * 1024
+
+if TYPE_CHECKING:
+    from ._file import DatabaseFile
 
 _IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 _PRAGMA_WORD = re.compile(r"[A-Za-z0-9_.+-]+")
@@ -217,23 +220,18 @@ def make_options(
     )
 
 
-def file_identity(options: PoolOptions) -> tuple[int, int] | None:
-    """The database file's (device, inode), or None for an in-memory database, a URI,
-    or a file that does not exist."""
-    if options.in_memory or options.uri:
-        return None
-    try:
-        stat = os.stat(options.database)
-    except OSError:
-        return None
-    return stat.st_dev, stat.st_ino
+def open_connection(
+    options: PoolOptions, *, writer: bool, database_file: DatabaseFile
+) -> sqlite3.Connection:
+    """Open and set up one connection. Runs on the thread that will own it.
 
-
-def open_connection(options: PoolOptions, *, writer: bool) -> sqlite3.Connection:
-    """Open and set up one connection. Runs on the thread that will own it."""
+    The pool's first connection may create the database; every later one opens the file
+    that the first one opened, and fails if it is gone (see :mod:`._file`).
+    """
+    first = not database_file.resolved
     conn = sqlite3.connect(
-        options.database,
-        uri=options.uri,
+        database_file.reopen,
+        uri=database_file.reopen_uri,
         # litepool issues BEGIN itself: Python's implicit transactions start only before
         # DML, which is what lets read-modify-write lose updates.
         isolation_level=None,
@@ -241,6 +239,10 @@ def open_connection(options: PoolOptions, *, writer: bool) -> sqlite3.Connection
         detect_types=options.detect_types,
     )
     try:
+        if first:
+            database_file.resolve(conn, options.database, options.uri)
+        else:
+            database_file.check()
         for pragma, value in options.pragmas:
             if pragma == "journal_mode" and not writer:
                 continue

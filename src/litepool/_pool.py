@@ -37,7 +37,8 @@ from ._connection import (
     fetchval_job,
     in_transaction,
 )
-from ._errors import PoolClosed, PoolForked, TransactionAborted
+from ._errors import DatabaseLost, PoolClosed, PoolForked, TransactionAborted
+from ._file import DatabaseFile
 from ._housekeeping import (
     DEFAULT_WAL_MAX_BYTES,
     CheckpointResult,
@@ -60,12 +61,12 @@ from ._options import (
     RowFactory,
     check_int,
     check_timeout,
-    file_identity,
     make_options,
     open_connection,
 )
 from ._rows import Row
 from ._stats import PoolStatistics
+from ._transactions import Transactions
 from ._upkeep import Upkeep, check_job, lifetime_deadline
 from ._worker import Job, Worker, commit_or_rollback, reset
 
@@ -217,6 +218,9 @@ class Pool:
         self._reader_number = 0
         self._upkeep: Upkeep | None = None
         self._resize_lock: anyio.Lock | None = None
+        self._file = DatabaseFile(options.name, options.database, options.uri)
+        # Set once the database file is found deleted or replaced: why.
+        self._vanished: str | None = None
 
     def __repr__(self) -> str:
         return (
@@ -307,16 +311,16 @@ class Pool:
         Cancellation: as for a statement inside :meth:`read`; nothing is held afterwards.
         """
         check_sql(sql, params)
-        return await self._statement(READ, fetchone_job, (sql, params), timeout, "fetchone")
+        wait = self._timeout(timeout)
+        return await self._statement(READ, fetchone_job, (sql, params), wait, "fetchone")
 
     async def fetchall(
         self, sql: str, params: Params = (), *, timeout: float | _Unset | None = _UNSET
     ) -> list[Any]:
         """Run one query on a reader and return every row; see :meth:`fetchone`."""
         check_sql(sql, params)
-        rows: list[Any] = await self._statement(
-            READ, fetchall_job, (sql, params), timeout, "fetchall"
-        )
+        wait = self._timeout(timeout)
+        rows: list[Any] = await self._statement(READ, fetchall_job, (sql, params), wait, "fetchall")
         return rows
 
     async def fetchval(
@@ -325,7 +329,8 @@ class Pool:
         """Run one query on a reader and return the first column of its first row, or
         None; see :meth:`fetchone`."""
         check_sql(sql, params)
-        return await self._statement(READ, fetchval_job, (sql, params), timeout, "fetchval")
+        wait = self._timeout(timeout)
+        return await self._statement(READ, fetchval_job, (sql, params), wait, "fetchval")
 
     async def execute(
         self, sql: str, params: Params = (), *, timeout: float | _Unset | None = _UNSET
@@ -341,8 +346,9 @@ class Pool:
         leaves it committed. Treat a cancelled call as one that may have committed.
         """
         check_sql(sql, params)
+        wait = self._timeout(timeout)
         result: ExecuteResult = await self._statement(
-            WRITE, in_transaction, (execute_job, (sql, params)), timeout, "execute"
+            WRITE, in_transaction, (wait, execute_job, (sql, params)), wait, "execute"
         )
         return result
 
@@ -357,8 +363,13 @@ class Pool:
         see :meth:`execute`."""
         check_sql(sql, ())
         check_params_seq(seq_of_params)
+        wait = self._timeout(timeout)
         result: ExecuteResult = await self._statement(
-            WRITE, in_transaction, (executemany_job, (sql, seq_of_params)), timeout, "executemany"
+            WRITE,
+            in_transaction,
+            (wait, executemany_job, (sql, seq_of_params)),
+            wait,
+            "executemany",
         )
         return result
 
@@ -368,12 +379,13 @@ class Pool:
         kind: str,
         fn: Callable[..., Any],
         args: tuple[Any, ...],
-        timeout: float | _Unset | None,
+        wait: float | None,
         method: str,
     ) -> Any:
+        """Queue ``fn(worker, *args)`` on a connection of the ``kind`` lane that no
+        checkout holds, waiting up to ``wait`` seconds for one, and return its result.
+        ``wait`` has been checked by the caller before anything else ran."""
         lane = self._lane(kind)
-        # Checked before anything is queued, also when no waiting will be needed.
-        wait = self._timeout(timeout)
         job = Job(fn, args)
         worker = lane.try_dispatch(job)
         if worker is None:
@@ -389,9 +401,11 @@ class Pool:
 
     def _lane(self, kind: str) -> Lane:
         lane = self._read_lane if kind == READ else self._write_lane
-        if lane is None or self._state is not _State.OPEN:
+        if lane is None or self._state is not _State.OPEN or self._vanished is not None:
             if self._state is _State.FORKED:
                 raise self._forked_error()
+            if self._vanished is not None and self._state is _State.OPEN:
+                raise DatabaseLost(self._vanished)
             raise PoolClosed(
                 f"pool {self.name!r} is not open; use it inside 'async with open_pool(...)'"
             )
@@ -419,8 +433,9 @@ class Pool:
         cancellation behaves the same way.
         """
         mode = check_mode(mode)
+        wait = self._timeout(timeout)
         result: CheckpointResult = await self._statement(
-            WRITE, checkpoint_job, (mode, self._wal), timeout, "checkpoint"
+            WRITE, checkpoint_job, (mode, self._wal), wait, "checkpoint"
         )
         return result
 
@@ -616,7 +631,7 @@ class Pool:
         worker = Worker(
             role,
             f"litepool[{options.name}] {role}",
-            functools.partial(open_connection, options, writer=writer),
+            functools.partial(open_connection, options, writer=writer, database_file=self._file),
             bridge.post,
             bridge.alive,
         )
@@ -635,7 +650,7 @@ class Pool:
         """
         jobs = []
         for worker in workers:
-            job = Job(_open_job, (self._options,), interruptible=False)
+            job = Job(_open_job, (self._options, self._file), interruptible=False)
             worker.submit(job)
             jobs.append(job)
             self._workers.append(worker)
@@ -743,6 +758,8 @@ class Pool:
         """Loop side: a job on ``worker`` failed in a way that means it is broken."""
         if self._state is not _State.OPEN or worker.retiring or not worker.opened:
             return  # a connection that never opened is reported by its opener
+        if self.check_file():
+            return
         logger.warning(
             "pool %r: %s is broken (%s); replacing it",
             self.name,
@@ -750,6 +767,30 @@ class Pool:
             worker.broken,
         )
         self._lose(worker)
+
+    @property
+    def watches_file(self) -> bool:
+        """Whether there is a database file to watch (not an in-memory database)."""
+        return self._file.path is not None
+
+    def check_file(self) -> bool:
+        """Loop side: whether the database file was found deleted or replaced (now or
+        before); the first time, every call is refused from then on."""
+        if self._vanished is not None:
+            return True
+        reason = self._file.changed()
+        if reason is None or self._state is not _State.OPEN:
+            return False
+        self._vanished = reason
+        logger.error("%s", reason)
+        error = DatabaseLost(reason)
+        for lane in (self._read_lane, self._write_lane):
+            if lane is not None:
+                lane.close(error)
+        # Calls queued now finish; later ones, and calls on checked-out handles, raise.
+        for worker in self._workers:
+            worker.stop(error)
+        return True
 
     @protected
     def _lose(self, worker: Worker) -> None:
@@ -811,11 +852,16 @@ class Pool:
                 self._upkeep.wake()
 
 
-def _open_job(worker: Worker, options: PoolOptions) -> None:
-    """Job, queued first on every worker: open its connection and note the file's
-    identity (to notice the file being replaced later)."""
+def _open_job(worker: Worker, options: PoolOptions, database_file: DatabaseFile) -> None:
+    """Job, queued first on every worker: open its connection; on the writer, set up
+    its managed transactions."""
     worker.open()
-    worker.identity = file_identity(options)
+    if worker.role == "writer":
+        conn = worker.conn
+        assert conn is not None
+        worker.transactions = Transactions(
+            conn, pool_name=options.name, database_file=database_file
+        )
 
 
 class Checkout:
@@ -877,7 +923,7 @@ class Checkout:
             pool._leaks.add(self, self._kind, start)
         assert pool._bridge is not None
         conn = self._conn = Connection(
-            worker, pool._bridge, self._kind, pool.name, pool._options.chunk_size
+            worker, pool._bridge, self._kind, pool.name, pool._options.chunk_size, self._timeout
         )
         return conn
 
@@ -892,7 +938,7 @@ class Checkout:
         bridge = pool._bridge
         assert bridge is not None
         while True:
-            job = Job(check_job, (pool._options,))
+            job = Job(check_job, (pool._file,))
             worker.submit(job)
             try:
                 await bridge.wait(worker, job)

@@ -23,8 +23,8 @@ from typing import TYPE_CHECKING, Final
 
 import anyio
 
+from ._file import CHECK_INTERVAL, DatabaseFile
 from ._housekeeping import optimize_job
-from ._options import PoolOptions, file_identity
 from ._worker import Job, Worker
 
 if TYPE_CHECKING:
@@ -42,7 +42,7 @@ RETRY_FIRST: Final = 0.05
 RETRY_LAST: Final = 10.0
 
 
-def check_job(worker: Worker, options: PoolOptions) -> str | None:
+def check_job(worker: Worker, database_file: DatabaseFile) -> str | None:
     """Job for ``check=True``: why the connection should not be used, or None.
 
     One cheap statement that starts a read transaction (an I/O error shows here), and a
@@ -55,9 +55,7 @@ def check_job(worker: Worker, options: PoolOptions) -> str | None:
         cursor.execute("PRAGMA schema_version").fetchone()
     finally:
         cursor.close()
-    if worker.identity is not None and file_identity(options) != worker.identity:
-        return "the database file was replaced or removed after the connection opened it"
-    return None
+    return database_file.changed()
 
 
 def lifetime_deadline(opened_at: float, max_lifetime: float | None) -> float:
@@ -129,6 +127,8 @@ class Upkeep:
     async def _step(self) -> float:
         """Do what is due; return how long to wait before the next step."""
         pool = self._pool
+        if pool.check_file():
+            return math.inf  # nothing more to keep up: the pool refuses every call
         # Lost connections first: a lane short of one serves fewer callers meanwhile.
         for lane in (self._write_lane, self._read_lane):
             if self._deficit(lane) > 0:
@@ -162,6 +162,8 @@ class Upkeep:
         if self._max_idle is not None:
             # A connection in use now may be idle later without anyone telling us.
             wait = min(wait, self._max_idle)
+        if pool.watches_file:
+            wait = min(wait, CHECK_INTERVAL)
         return wait
 
     def _deficit(self, lane: Lane) -> int:

@@ -22,9 +22,9 @@ from collections.abc import Callable
 from time import perf_counter
 from typing import Any, Final
 
-from ._errors import ConnectionLost, PoolClosed
-from ._guard import TransactionGuard
+from ._errors import ConnectionLost, DatabaseLost, PoolClosed, PoolError
 from ._interrupt import protected
+from ._transactions import Transactions
 
 logger = logging.getLogger("litepool")
 
@@ -53,6 +53,8 @@ _SQLITE_READONLY_DBMOVED: Final = 8 | (4 << 8)
 
 def broken_reason(exc: BaseException) -> str | None:
     """Why ``exc`` means that its connection is broken, or None if it does not."""
+    if isinstance(exc, DatabaseLost):
+        return str(exc)
     if not isinstance(exc, sqlite3.Error):
         return None
     # Errors raised by the sqlite3 module itself (wrong bindings, ...) carry no code.
@@ -138,6 +140,7 @@ class Worker:
         "_lock",
         "_opener",
         "_post",
+        "_refusal",
         "_start_lock",
         "abandoned",
         "begin_failed",
@@ -148,9 +151,7 @@ class Worker:
         "dead",
         "exited",
         "expires",
-        "guard",
         "held",
-        "identity",
         "interrupted",
         "on_broken",
         "on_exit",
@@ -164,6 +165,7 @@ class Worker:
         "rollbacks",
         "stopping",
         "thread_name",
+        "transactions",
         "used",
     )
 
@@ -182,7 +184,6 @@ class Worker:
     abandoned: bool
     begin_failed: bool
     broken: str | None
-    identity: tuple[int, int] | None
     dead: bool
     exited: bool
     retiring: bool
@@ -190,7 +191,7 @@ class Worker:
     used: bool
     expires: float
     pending: set[Job]
-    guard: TransactionGuard | None
+    transactions: Transactions | None
 
     def __init__(
         self,
@@ -226,13 +227,11 @@ class Worker:
         #: connection is broken (see :func:`broken_reason`); ``broken`` holds why.
         self.on_broken: Callable[[Worker], object] | None = None
         self.broken: str | None = None
-        #: Thread side, set when the connection opens: the database file's (device,
-        #: inode), to notice the file being replaced under the connection.
-        self.identity: tuple[int, int] | None = None
         self.conn: sqlite3.Connection | None = None
-        #: The writer's authorizer (thread side), which refuses transaction statements
-        #: inside the transactions the pool manages; None on readers.
-        self.guard = None
+        #: The writer's managed transactions (thread side); None on readers.
+        self.transactions = None
+        # Why calls are refused once the worker is stopping (None: the pool closed).
+        self._refusal: PoolError | None = None
         #: Shared with the other connections of its lane once it joins one.
         self.cost = JobCost()
         # Open cursors of ``Connection.iterate``, keyed by iterator id. Thread-side only.
@@ -271,7 +270,7 @@ class Worker:
         self.pending.add(job)
         if self.stopping or self.dead:
             # Nothing may queue behind the stop: the thread would never answer it.
-            job.error = self._closed_error() if self.stopping else self._lost_error()
+            job.error = self.stopped_error() if self.stopping else self._lost_error()
             self._post(self, [job])
             return
         self._jobs.put(job)
@@ -293,7 +292,10 @@ class Worker:
         if failed:
             self._post(self, failed)
 
-    def _closed_error(self) -> PoolClosed:
+    def stopped_error(self) -> PoolError:
+        """The error of a call that reaches this worker once it is stopping."""
+        if self._refusal is not None:
+            return type(self._refusal)(*self._refusal.args)
         return PoolClosed(
             f"{self.thread_name}: the pool closed (or replaced this connection) before the "
             "call could run; it did not run"
@@ -321,10 +323,12 @@ class Worker:
                 self.interrupted += 1
 
     @protected
-    def stop(self) -> None:
-        """Queue the stop: jobs queued before it still run, none may be queued after."""
+    def stop(self, refusal: PoolError | None = None) -> None:
+        """Queue the stop: jobs queued before it still run, none may be queued after;
+        those are refused with ``refusal`` (by default :class:`PoolClosed`)."""
         if not self.stopping:
             self.stopping = True
+            self._refusal = refusal
             self._jobs.put(_STOP)
 
     # -- worker thread side ----------------------------------------------------------
@@ -434,9 +438,9 @@ class Worker:
         try:
             job.result = job.fn(self, *job.args)
         except BaseException as exc:
-            guard = self.guard
-            if guard is not None:
-                exc = guard.refusal(exc)
+            transactions = self.transactions
+            if transactions is not None:
+                exc = transactions.caller_error(exc)
             job.error = _detached(exc)
             if self.broken is None:
                 reason = broken_reason(exc)
@@ -453,8 +457,6 @@ class Worker:
         """Job: open the connection. Queued first; if it fails the thread returns."""
         conn = self._opener()
         conn.set_progress_handler(self._progress, PROGRESS_INSTRUCTIONS)
-        if self.role == "writer":
-            self.guard = TransactionGuard(conn)
         self.conn = conn
 
     def _close(self, conn: sqlite3.Connection) -> None:
@@ -508,33 +510,33 @@ def reset(worker: Worker) -> None:
     close_cursors(worker)
     conn = worker.conn
     assert conn is not None
-    guard = worker.guard
+    transactions = worker.transactions
     if conn.in_transaction:
         worker.rollbacks += 1
         try:
-            if guard is not None:
-                guard.rollback()
+            if transactions is not None:
+                transactions.rollback()
             else:
                 conn.rollback()
         except sqlite3.Error:
             logger.exception("%s: rollback on return failed", worker.thread_name)
-    if guard is not None:
-        guard.leave()
+    if transactions is not None:
+        transactions.end()
 
 
 def commit_or_rollback(worker: Worker) -> None:
     """COMMIT; if that fails, ROLLBACK so that the next writer starts clean, and raise."""
     close_cursors(worker)
     conn = worker.conn
-    guard = worker.guard
+    transactions = worker.transactions
     assert conn is not None
-    assert guard is not None
+    assert transactions is not None
     try:
-        guard.commit()
+        transactions.commit()
     except BaseException:
         if conn.in_transaction:
             worker.rollbacks += 1
-            guard.rollback()
+            transactions.rollback()
         raise
     finally:
-        guard.leave()
+        transactions.end()
