@@ -20,11 +20,11 @@ from ._errors import (
     PoolTimeout,
     TransactionAborted,
 )
-from ._generic import SQLiteConnectionPool
 from ._housekeeping import CheckpointResult
 from ._options import DEFAULT_PRAGMAS, dict_row
 from ._pool import Checkout, Pool, open_pool
 from ._stats import HISTOGRAM_BOUNDS, Histogram, LaneStatistics, PoolStatistics
+from .aiosqlitepool import SQLiteConnectionPool
 
 __version__ = "0.1.0.dev0"
 

@@ -1,21 +1,37 @@
-"""A driver-agnostic pool with aiosqlitepool's call shape and litepool's guarantees.
+"""aiosqlitepool's API, with litepool's guarantees, for the connections of any async driver.
 
-:class:`SQLiteConnectionPool` pools the connections of any async SQLite driver
-(aiosqlite, sqlite-anyio, ...) through a connection factory, and is called the way
-aiosqlitepool's pool of the same name is::
+Migrating from aiosqlitepool 1.0 is a change of module in the import lines::
+
+    from aiosqlitepool import SQLiteConnectionPool, PoolClosedError         # before
+    from litepool.aiosqlitepool import SQLiteConnectionPool, PoolClosedError  # after
+
+:class:`SQLiteConnectionPool` pools the connections of aiosqlite, sqlite-anyio or any
+async driver through a connection factory, and is called the way aiosqlitepool's pool of
+the same name is::
 
     pool = SQLiteConnectionPool(lambda: aiosqlite.connect("app.db"), pool_size=10)
     async with pool.connection() as conn:
         await conn.execute("...")
     await pool.close()
 
-Checkout works like the lanes of :func:`litepool.open_pool`: an ``anyio.CapacityLimiter``
-with one token per connection decides *who* may take a connection (first come, first
-served, and a token handed to a waiter cancelled in that same step goes on to the next
-waiter), and an idle list, taken from with no await between getting the token and taking
-the connection, decides *which*. A token holder that finds no idle connection creates
-one. Every path that leaves a checkout, normally or by an exception or a cancellation,
-gives the token back.
+Its exceptions keep aiosqlitepool's names, so that ``except`` clauses written for it go
+on matching: :class:`PoolConnectionAcquireTimeoutError` is a :class:`litepool.PoolTimeout`
+and :class:`PoolClosedError` is a :class:`litepool.PoolClosed`.
+
+How it works:
+
+- **Slots.** An ``anyio.CapacityLimiter`` with one token per connection decides *who*
+  may hold a connection: first come, first served, and a token handed to a waiter that
+  is cancelled in that same step goes on to the next waiter. Each checkout borrows its
+  own token, so one task may hold several checkouts. Every path out of a checkout,
+  normal or not, gives its token back.
+- **Connections.** A token holder takes the most recently returned idle connection, with
+  no await between getting the token and taking the connection. When there is none, it
+  calls the factory. So the connections open never outnumber ``pool_size``.
+- **No background task.** Idle connections past ``idle_timeout`` are closed by the next
+  checkout, as in aiosqlitepool. Nothing of the pool is tied to the task that entered
+  ``async with pool:``, which may be left in another task (as pytest-asyncio fixtures
+  and ``unittest.IsolatedAsyncioTestCase`` do).
 """
 
 from __future__ import annotations
@@ -31,17 +47,53 @@ from types import TracebackType
 from typing import Any, Final, Generic, Protocol, TypeVar
 
 import anyio
-from anyio.abc import TaskGroup
 
 from ._errors import PoolClosed, PoolTimeout
 from ._options import check_timeout
 
-logger = logging.getLogger("litepool")
+__all__ = [
+    "AsyncConnection",
+    "PoolClosedError",
+    "PoolConnectionAcquireTimeoutError",
+    "SQLiteConnectionPool",
+]
 
-DEFAULT_POOL_SIZE: Final = 5
-DEFAULT_ACQUISITION_TIMEOUT: Final = 30.0
-DEFAULT_IDLE_TIMEOUT: Final = 86400.0
-DEFAULT_OPERATION_TIMEOUT: Final = 10.0
+_logger = logging.getLogger("litepool")
+
+_DEFAULT_POOL_SIZE: Final = 5
+_DEFAULT_ACQUISITION_TIMEOUT: Final = 30.0
+_DEFAULT_IDLE_TIMEOUT: Final = 86400.0
+_DEFAULT_OPERATION_TIMEOUT: Final = 10.0
+
+
+class PoolConnectionAcquireTimeoutError(PoolTimeout):
+    """No connection could be checked out in time (aiosqlitepool's name).
+
+    Raised by :meth:`SQLiteConnectionPool.connection` when no slot became free within
+    the acquisition timeout, or when making a new connection took longer than
+    ``operation_timeout``. It is a :class:`litepool.PoolTimeout`, and so also a
+    :class:`TimeoutError`; the message names the pool and its counts.
+    """
+
+    def __init__(
+        self, message: str = "no connection could be checked out within the timeout"
+    ) -> None:
+        super().__init__(message)
+        #: The error's text, as aiosqlitepool's exceptions have it.
+        self.message: str = message
+
+
+class PoolClosedError(PoolClosed):
+    """The pool is closed (aiosqlitepool's name); a :class:`litepool.PoolClosed`.
+
+    Raised by checkouts of a closed pool, by checkouts that were waiting when the pool
+    was closed, and by ``async with pool:`` on a closed pool.
+    """
+
+    def __init__(self, message: str = "the connection pool is closed") -> None:
+        super().__init__(message)
+        #: The error's text, as aiosqlitepool's exceptions have it.
+        self.message: str = message
 
 
 class AsyncConnection(Protocol):
@@ -52,11 +104,17 @@ class AsyncConnection(Protocol):
     :class:`SQLiteConnectionPool`).
     """
 
-    def execute(self, *args: Any, **kwargs: Any) -> Any: ...
+    def execute(self, *args: Any, **kwargs: Any) -> Any:
+        """Run a statement: for the pool's users; the pool never calls it."""
+        ...
 
-    def rollback(self) -> Awaitable[object]: ...
+    def rollback(self) -> Awaitable[object]:
+        """Roll back any open transaction; awaited when a connection is returned."""
+        ...
 
-    def close(self) -> Awaitable[object]: ...
+    def close(self) -> Awaitable[object]:
+        """Close the connection; awaited when the pool closes it."""
+        ...
 
 
 ConnT = TypeVar("ConnT", bound=AsyncConnection)
@@ -79,6 +137,19 @@ def _check_pool_size(value: object) -> int:
     return value
 
 
+def _check_duration(value: object, what: str) -> float | None:
+    """A duration in seconds, or None for no limit, checked before anything runs."""
+    try:
+        return check_timeout(value, what)
+    except OverflowError:
+        # An int beyond a float's range: more seconds than math.inf stands for, or fewer
+        # than none.
+        assert isinstance(value, int)
+        if value > 0:
+            return None
+        raise ValueError(f"{what} must be >= 0 seconds or None, got {value!r}") from None
+
+
 def _transaction_state(conn: object) -> bool | None:
     """The driver's ``in_transaction``, or None when the driver does not say."""
     try:
@@ -99,24 +170,25 @@ class _Idle(Generic[ConnT]):
 class SQLiteConnectionPool(Generic[ConnT]):
     """A pool of connections made by ``connection_factory``, with aiosqlitepool's API.
 
-    Replace ``from aiosqlitepool import SQLiteConnectionPool`` with
-    ``from litepool import SQLiteConnectionPool``; the arguments, ``pool.connection()``,
-    ``await pool.close()`` and ``async with pool:`` are used the same way.
+    Replace ``from aiosqlitepool import ...`` with ``from litepool.aiosqlitepool import
+    ...``; the arguments, ``pool.connection()``, ``await pool.close()`` and ``async with
+    pool:`` are used the same way, and the errors keep their names
+    (:class:`PoolConnectionAcquireTimeoutError`, :class:`PoolClosedError`).
 
     :param connection_factory: an async callable returning a new connection whose
         ``rollback()`` and ``close()`` are awaitable (aiosqlite, sqlite-anyio, ...).
-        Connections are created on demand, by the checkout that needs one.
+        Connections are made on demand, when a checkout finds none idle.
     :param pool_size: the most connections open at once, and so the most checkouts at
         once; an int >= 1.
     :param acquisition_timeout: seconds a checkout may wait for a free slot before it
-        raises :class:`~litepool.PoolTimeout`. Fractions are honoured; ``0`` only takes a
-        free slot; ``None`` waits as long as it takes.
-    :param idle_timeout: seconds a returned connection may stay idle before it is
-        closed; ``None`` keeps idle connections open.
+        raises :class:`PoolConnectionAcquireTimeoutError`. Fractions are honoured; ``0``
+        only takes a free slot; ``None`` waits as long as it takes.
+    :param idle_timeout: seconds a returned connection may stay idle; the next checkout
+        after that closes it. ``None`` keeps idle connections open.
     :param operation_timeout: seconds the pool gives ``connection_factory()`` (then the
-        checkout raises :class:`~litepool.PoolTimeout`) and a connection's ``rollback()``
-        or ``close()``; a connection whose rollback fails or overruns is closed instead
-        of reused. ``None`` waits as long as it takes.
+        checkout raises :class:`PoolConnectionAcquireTimeoutError`) and a connection's
+        ``rollback()`` or ``close()``; a connection whose rollback fails or overruns is
+        closed instead of reused. ``None`` waits as long as it takes.
     :param name: the pool's name in errors and logs; by default the factory's name.
     :raises TypeError: for an argument of the wrong type, naming it.
     :raises ValueError: for an argument out of range, naming it.
@@ -131,19 +203,18 @@ class SQLiteConnectionPool(Generic[ConnT]):
     connection goes back to the pool without any round trip. Otherwise (a transaction is
     open, the driver does not say, or the block ended with an exception or a
     cancellation, after which the connection's state is unknown) it is rolled back first,
-    shielded from cancellation; if that fails it is closed and a later checkout creates
-    a new one. The pool never commits.
+    shielded from cancellation; if that fails it is closed and a later checkout makes a
+    new one. The pool never commits.
 
     **Idle connections** are reused most recently returned first, so that connections
-    beyond what the load needs stay idle and expire. Expired connections are closed by
-    the next checkout and, while the pool is used as ``async with pool:``, by a task of
-    the pool's own soon after they expire.
+    beyond what the load needs stay idle and expire. The pool has no task of its own:
+    expired connections are closed by the next checkout (or by :meth:`close`).
 
     **Cancellation** (anyio and trio cancel scopes, and native ``asyncio.Task.cancel()``)
     never loses a slot:
 
-    - cancelled while waiting, or in the same step as a slot is handed to it: the task
-      holds nothing; a slot handed to it goes to the next waiter;
+    - cancelled while waiting for a slot, or in the same step as a slot is handed to
+      it: the task holds nothing; a slot handed to it goes to the next waiter;
     - cancelled while its connection is being created: the slot is given back (cleaning
       up a half-made connection is the factory's job);
     - cancelled inside the block, or while the connection is being returned: the
@@ -151,17 +222,18 @@ class SQLiteConnectionPool(Generic[ConnT]):
       whatever happens. A native ``Task.cancel()`` can still interrupt the rollback; the
       connection is then closed rather than reused.
 
-    The pool holds no thread and no connection until the first checkout. Close it with
-    ``await pool.close()`` or by leaving ``async with pool:``.
+    The pool holds no connection until the first checkout. Close it with ``await
+    pool.close()`` or by leaving ``async with pool:``; the block may be entered in one
+    task and left in another.
     """
 
     def __init__(
         self,
         connection_factory: Callable[[], Awaitable[ConnT]],
-        pool_size: int = DEFAULT_POOL_SIZE,
-        acquisition_timeout: float | None = DEFAULT_ACQUISITION_TIMEOUT,
-        idle_timeout: float | None = DEFAULT_IDLE_TIMEOUT,
-        operation_timeout: float | None = DEFAULT_OPERATION_TIMEOUT,
+        pool_size: int = _DEFAULT_POOL_SIZE,
+        acquisition_timeout: float | None = _DEFAULT_ACQUISITION_TIMEOUT,
+        idle_timeout: float | None = _DEFAULT_IDLE_TIMEOUT,
+        operation_timeout: float | None = _DEFAULT_OPERATION_TIMEOUT,
         *,
         name: str | None = None,
     ) -> None:
@@ -177,9 +249,9 @@ class SQLiteConnectionPool(Generic[ConnT]):
         self._factory = connection_factory
         self._name: str = name
         self._pool_size = _check_pool_size(pool_size)
-        self._acquisition_timeout = check_timeout(acquisition_timeout, "acquisition_timeout")
-        self._idle_timeout = check_timeout(idle_timeout, "idle_timeout")
-        self._operation_timeout = check_timeout(operation_timeout, "operation_timeout")
+        self._acquisition_timeout = _check_duration(acquisition_timeout, "acquisition_timeout")
+        self._idle_timeout = _check_duration(idle_timeout, "idle_timeout")
+        self._operation_timeout = _check_duration(operation_timeout, "operation_timeout")
         self._limiter = anyio.CapacityLimiter(self._pool_size)
         # Most recently returned last: checkouts take from the right, expiry from the left.
         self._idle: deque[_Idle[ConnT]] = deque()
@@ -189,14 +261,11 @@ class SQLiteConnectionPool(Generic[ConnT]):
         self._closed = False
         self._close_finished: anyio.Event | None = None
         self._entered = False
-        self._task_group: TaskGroup | None = None
-        self._reaper_scope: anyio.CancelScope | None = None
-        self._reaper_wakeup: anyio.Event | None = None
 
     def __repr__(self) -> str:
         state = "closed" if self._closed else "open"
         return (
-            f"<litepool.SQLiteConnectionPool {self._name!r} {state} "
+            f"<litepool.aiosqlitepool.SQLiteConnectionPool {self._name!r} {state} "
             f"pool_size={self._pool_size} connections={self._open} in_use={self._in_use}>"
         )
 
@@ -244,11 +313,15 @@ class SQLiteConnectionPool(Generic[ConnT]):
     ) -> AbstractAsyncContextManager[ConnT]:
         """Check out a connection for an ``async with`` block.
 
-        :param timeout: overrides ``acquisition_timeout`` for this checkout.
-        :raises litepool.PoolTimeout: no slot became free within the timeout (the message
-            names the pool and its counts), or creating a connection overran
-            ``operation_timeout``.
-        :raises litepool.PoolClosed: the pool is closed, or was closed while waiting.
+        :param timeout: overrides ``acquisition_timeout`` for this checkout; checked
+            here, before anything runs.
+        :raises TypeError: for a ``timeout`` that is not a number of seconds or None.
+        :raises ValueError: for a negative or NaN ``timeout``.
+        :raises PoolConnectionAcquireTimeoutError: (when the block is entered) no slot
+            became free within the timeout (the message names the pool and its counts),
+            or making a new connection took longer than ``operation_timeout``.
+        :raises PoolClosedError: (when the block is entered) the pool is closed, or was
+            closed while the checkout waited.
 
         Cancellation: see the class's documentation; in short, a cancelled checkout
         holds nothing, and a connection whose block was cancelled is rolled back
@@ -257,12 +330,12 @@ class SQLiteConnectionPool(Generic[ConnT]):
         if timeout is _UNSET:
             resolved = self._acquisition_timeout
         else:
-            resolved = check_timeout(timeout, "timeout")
+            resolved = _check_duration(timeout, "timeout")
         return _Checkout(self, resolved)
 
     def _check_open(self) -> None:
         if self._closed:
-            raise PoolClosed(f"pool {self._name!r} is closed")
+            raise PoolClosedError(f"pool {self._name!r} is closed")
 
     async def _acquire(self, borrower: object, timeout: float | None) -> ConnT:
         self._check_open()
@@ -311,7 +384,7 @@ class SQLiteConnectionPool(Generic[ConnT]):
             # Our own scope ended the wait (deadline or close()): the limiter has already
             # passed on any slot that reached us.
             self._check_open()
-            raise PoolTimeout(
+            raise PoolConnectionAcquireTimeoutError(
                 f"pool {self._name!r}: no connection became free within {timeout:g} s "
                 f"(pool_size: {self._pool_size}, in use: {self._in_use}, "
                 f"idle: {len(self._idle)}, waiting: {self.waiting})"
@@ -349,7 +422,7 @@ class SQLiteConnectionPool(Generic[ConnT]):
             self._scopes.discard(scope)
         if not made:  # our own scope: close(), or operation_timeout
             self._check_open()
-            raise PoolTimeout(
+            raise PoolConnectionAcquireTimeoutError(
                 f"pool {self._name!r}: creating a connection took longer than "
                 f"operation_timeout ({limit:g} s)"
             )
@@ -361,6 +434,8 @@ class SQLiteConnectionPool(Generic[ConnT]):
             )
         self._open += 1
         return conn
+
+    # -- returning connections -------------------------------------------------------
 
     async def _release(self, borrower: object, conn: ConnT, *, clean: bool) -> None:
         """Give ``conn`` back; the slot is released on every path, last."""
@@ -376,10 +451,6 @@ class SQLiteConnectionPool(Generic[ConnT]):
             try:
                 if reusable and not self._closed:
                     self._idle.append(_Idle(conn, anyio.current_time()))
-                    wakeup = self._reaper_wakeup
-                    if wakeup is not None:
-                        self._reaper_wakeup = None
-                        wakeup.set()
                 else:
                     await self._discard(conn)
             finally:
@@ -392,14 +463,14 @@ class SQLiteConnectionPool(Generic[ConnT]):
             try:
                 await conn.rollback()
             except Exception:
-                logger.warning(
+                _logger.warning(
                     "pool %r: rollback of a returned connection failed; closing it",
                     self._name,
                     exc_info=True,
                 )
                 return False
         if scope.cancelled_caught:
-            logger.warning(
+            _logger.warning(
                 "pool %r: rollback of a returned connection took longer than "
                 "operation_timeout (%g s); closing it",
                 self._name,
@@ -415,9 +486,9 @@ class SQLiteConnectionPool(Generic[ConnT]):
             try:
                 await conn.close()
             except Exception:
-                logger.warning("pool %r: closing a connection failed", self._name, exc_info=True)
+                _logger.warning("pool %r: closing a connection failed", self._name, exc_info=True)
         if scope.cancelled_caught:
-            logger.warning(
+            _logger.warning(
                 "pool %r: closing a connection took longer than operation_timeout (%g s)",
                 self._name,
                 self._operation_timeout,
@@ -444,30 +515,15 @@ class SQLiteConnectionPool(Generic[ConnT]):
             expired.append(idle.popleft().conn)
         return expired
 
-    async def _reap(self, limit: float) -> None:
-        """Close idle connections soon after they expire (only under ``async with``)."""
-        assert self._reaper_scope is not None
-        with self._reaper_scope:
-            while True:
-                idle = self._idle
-                if not idle:
-                    wakeup = self._reaper_wakeup = anyio.Event()
-                    await wakeup.wait()
-                    continue
-                await anyio.sleep_until(idle[0].since + limit)
-                expired = self._take_expired()
-                if expired:
-                    await self._close_all(expired)
-
     # -- life cycle ------------------------------------------------------------------
 
     async def close(self) -> None:
-        """Close the pool: checkouts raise :class:`~litepool.PoolClosed` from now on.
+        """Close the pool: checkouts raise :class:`PoolClosedError` from now on.
 
-        Tasks waiting for a slot raise :class:`~litepool.PoolClosed`; idle connections
-        are closed now (shielded, each bounded by ``operation_timeout``); connections
-        still checked out are closed when their blocks end. Calling it again waits for
-        the first call to finish closing.
+        Checkouts waiting for a slot or for a new connection raise
+        :class:`PoolClosedError`; idle connections are closed now (shielded, each
+        bounded by ``operation_timeout``); connections still checked out are closed when
+        their blocks end. Calling it again waits for the first call to finish closing.
         """
         finished = self._close_finished
         if finished is not None:
@@ -478,8 +534,6 @@ class SQLiteConnectionPool(Generic[ConnT]):
         try:
             for scope in list(self._scopes):
                 scope.cancel()
-            if self._reaper_scope is not None:
-                self._reaper_scope.cancel()
             idle = [entry.conn for entry in self._idle]
             self._idle.clear()
             if idle:
@@ -490,19 +544,16 @@ class SQLiteConnectionPool(Generic[ConnT]):
     async def __aenter__(self) -> SQLiteConnectionPool[ConnT]:
         """Use the pool for an ``async with`` block; leaving it calls :meth:`close`.
 
-        While the block runs, a task of the pool's own closes idle connections soon
-        after ``idle_timeout``.
+        The block may be left in another task than the one that entered it. Entering
+        does not await anything.
+
+        :raises PoolClosedError: the pool is closed.
+        :raises RuntimeError: the pool was entered before.
         """
         if self._entered:
             raise RuntimeError(f"pool {self._name!r} was already entered; enter it once")
         self._check_open()
         self._entered = True
-        limit = self._idle_timeout
-        if limit is not None:
-            self._reaper_scope = anyio.CancelScope()
-            task_group = self._task_group = anyio.create_task_group()
-            await task_group.__aenter__()
-            task_group.start_soon(self._reap, limit, name=f"litepool[{self._name}] idle reaper")
         return self
 
     async def __aexit__(
@@ -511,15 +562,7 @@ class SQLiteConnectionPool(Generic[ConnT]):
         exc: BaseException | None,
         traceback: TracebackType | None,
     ) -> None:
-        task_group = self._task_group
-        try:
-            await self.close()
-        finally:
-            if task_group is not None:
-                self._task_group = None
-                # close() cancelled the reaper, so this does not wait. The body's
-                # exception is not passed in: trio would wrap it in an ExceptionGroup.
-                await task_group.__aexit__(None, None, None)
+        await self.close()
 
 
 class _Checkout(AbstractAsyncContextManager[ConnT]):
