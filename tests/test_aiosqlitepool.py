@@ -1,26 +1,30 @@
-"""``litepool.aiosqlitepool``: every duration checked, and the migration from
-aiosqlitepool (its exception names, ``async with pool:`` across tasks).
+"""``litepool.aiosqlitepool``: no connection lost, every duration checked, and the
+migration from aiosqlitepool (its exception names, ``async with pool:`` across tasks).
 
 Connections are counted for real: :class:`Opener` opens plain ``sqlite3`` connections
 on threads, records every one, and tells which are still open; the aiosqlite tests
-count aiosqlite's own threads.
+count aiosqlite's own threads. Like aiosqlite's connect, a cancelled call of
+:class:`Opener` does not stop its thread, which opens the connection anyway.
 """
 
 from __future__ import annotations
 
 import asyncio
+import logging
 import math
 import sqlite3
 import threading
 import traceback
 import unittest
-from collections.abc import AsyncIterator
+from collections import Counter
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
 import aiosqlite
 import anyio
 import anyio.abc
+import anyio.lowlevel
 import pytest
 
 import litepool
@@ -29,6 +33,8 @@ from litepool.aiosqlitepool import (
     PoolConnectionAcquireTimeoutError,
     SQLiteConnectionPool,
 )
+
+from .conftest import CancellableTask
 
 pytestmark = pytest.mark.anyio
 
@@ -138,8 +144,355 @@ async def _checkout(pool: SQLiteConnectionPool[Any]) -> None:
         pass  # pragma: no cover
 
 
+async def give_up_while_making(
+    pool: SQLiteConnectionPool[Any],
+    making: Callable[[], Awaitable[object]],
+    cancel_how: str,
+    anyio_backend: str,
+) -> None:
+    """Cancel a checkout once ``making()`` says its connection is being made."""
+    task = CancellableTask(lambda: _checkout(pool), cancel_how, anyio_backend)
+    async with anyio.create_task_group() as tg:
+        await tg.start(task.run)
+        await making()
+        task.cancel()
+    assert task.outcome == "cancelled"
+
+
+# -- a connection whose checkout gave up is not lost -----------------------------------
+
+
+async def test_connection_made_for_a_cancelled_checkout_goes_to_the_next_one(
+    opener: Opener, anyio_backend: str, cancel_how: str
+) -> None:
+    opener.gate.clear()
+    pool = SQLiteConnectionPool(opener.connect, pool_size=1)
+    try:
+        await give_up_while_making(pool, opener.entered, cancel_how, anyio_backend)
+        assert_settled(pool)  # the slot came back at once
+
+        got: list[RawConn] = []
+
+        async def next_checkout() -> None:
+            async with pool.connection(timeout=0) as conn:
+                got.append(conn)
+                assert await conn.fetchval("SELECT 1") == 1
+
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(next_checkout)
+            await anyio.wait_all_tasks_blocked()
+            # It waits for the connection already being made, instead of making another.
+            assert opener.calls == 1
+            opener.gate.set()
+        assert [conn.raw for conn in got] == opener.opened
+        assert_settled(pool)
+        assert pool.connections == 1
+    finally:
+        await pool.close()
+    assert await opener.still_open() == 0
+
+
+async def test_connection_made_after_operation_timeout_goes_to_the_next_checkout(
+    opener: Opener,
+) -> None:
+    opener.gate.clear()
+    # Long enough for the next checkout to see the connection arrive on a busy machine.
+    pool = SQLiteConnectionPool(opener.connect, pool_size=1, operation_timeout=0.5, name="slow")
+    try:
+        with pytest.raises(litepool.PoolTimeout, match=r"operation_timeout \(0\.5 s\)"):
+            async with pool.connection():
+                pass  # pragma: no cover
+        assert_settled(pool)
+        opener.gate.set()
+        async with pool.connection(timeout=0) as conn:
+            assert await conn.fetchval("SELECT 2") == 2
+        assert len(opener.opened) == 1
+    finally:
+        await pool.close()
+    assert await opener.still_open() == 0
+
+
+async def test_close_waits_for_connections_being_made_and_closes_them(
+    opener: Opener, anyio_backend: str
+) -> None:
+    opener.gate.clear()
+    pool = SQLiteConnectionPool(opener.connect, pool_size=2)
+    tasks = [CancellableTask(lambda: _checkout(pool), "scope", anyio_backend) for _ in "ab"]
+    async with anyio.create_task_group() as tg:
+        for task in tasks:
+            await tg.start(task.run)
+            await opener.entered()  # one factory call each
+        for task in tasks:
+            task.cancel()
+    closed = anyio.Event()
+
+    async def close() -> None:
+        await pool.close()
+        closed.set()
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(close)
+        await anyio.wait_all_tasks_blocked()
+        assert not closed.is_set()  # both connections are still being made
+        opener.gate.set()
+    assert len(opener.opened) == 2
+    assert pool.connections == 0
+    assert await opener.still_open() == 0
+
+
+async def test_close_waits_for_a_checkout_waiting_on_a_new_connection(
+    opener: Opener,
+) -> None:
+    opener.gate.clear()
+    pool = SQLiteConnectionPool(opener.connect, pool_size=1)
+    outcome: list[str] = []
+
+    async def checkout() -> None:
+        try:
+            async with pool.connection():
+                outcome.append("got one")  # pragma: no cover
+        except PoolClosedError as exc:
+            outcome.append(str(exc))
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(checkout)
+        await opener.entered()
+        tg.start_soon(pool.close)
+        await anyio.wait_all_tasks_blocked()
+        assert outcome == [f"pool {pool.name!r} is closed"]
+        opener.gate.set()
+    assert pool.connections == 0
+    assert len(opener.opened) == 1
+    assert await opener.still_open() == 0
+
+
+async def test_cancelled_close_leaves_nothing_behind(
+    opener: Opener, anyio_backend: str, cancel_how: str
+) -> None:
+    opener.gate.clear()
+    pool = SQLiteConnectionPool(opener.connect, pool_size=1)
+    await give_up_while_making(pool, opener.entered, "scope", anyio_backend)
+    closer = CancellableTask(pool.close, cancel_how, anyio_backend)
+    async with anyio.create_task_group() as tg:
+        await tg.start(closer.run)
+        await anyio.wait_all_tasks_blocked()  # close() waits for the connection
+        closer.cancel()
+    assert closer.outcome == "cancelled"
+    assert pool.closed
+    opener.gate.set()
+    await pool.close()  # waits for it again
+    assert len(opener.opened) == 1
+    assert pool.connections == 0
+    assert await opener.still_open() == 0
+
+
+async def _cancel_steps_after_release(
+    path: Path, steps: int, cancel_how: str, anyio_backend: str
+) -> str | None:
+    gate = anyio.Event()
+    made: list[sqlite3.Connection] = []
+
+    async def connect() -> RawConn:
+        await gate.wait()
+        made.append(sqlite3.connect(path))
+        return RawConn(made[-1])
+
+    pool = SQLiteConnectionPool(connect, pool_size=1)
+
+    async def checkout() -> None:
+        async with pool.connection() as conn:
+            await conn.fetchval("SELECT 1")
+
+    try:
+        task = CancellableTask(checkout, cancel_how, anyio_backend)
+        async with anyio.create_task_group() as tg:
+            await tg.start(task.run)
+            await anyio.wait_all_tasks_blocked()
+            gate.set()
+            for _ in range(steps):
+                await anyio.lowlevel.checkpoint()
+            task.cancel()
+        assert_settled(pool)
+        async with pool.connection(timeout=0) as conn:
+            assert await conn.fetchval("SELECT 2") == 2
+        assert len(made) == 1
+    finally:
+        await pool.close()
+    assert not any(is_open(raw) for raw in made)
+    return task.outcome
+
+
+async def test_cancelled_around_the_moment_its_connection_arrives(
+    tmp_path: Path, anyio_backend: str, cancel_how: str
+) -> None:
+    """The checkout waiting for a new connection is cancelled 0 to 5 scheduling steps
+    after the factory's awaitable is released: before it ends, in the step it ends, or
+    after the checkout has its connection. Whichever happens, nothing is lost."""
+    outcomes = Counter(
+        [
+            await _cancel_steps_after_release(
+                tmp_path / "race.db", steps, cancel_how, anyio_backend
+            )
+            for steps in range(6)
+        ]
+    )
+    assert outcomes["cancelled"] > 0
+
+
+async def test_close_cancels_a_factory_call_that_overruns(
+    caplog: pytest.LogCaptureFixture, anyio_backend: str
+) -> None:
+    started = anyio.Event()
+    cancelled: list[bool] = []
+
+    async def never_connects() -> RawConn:
+        started.set()
+        try:
+            await anyio.sleep_forever()
+        finally:
+            cancelled.append(True)
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    pool = SQLiteConnectionPool(never_connects, pool_size=1, operation_timeout=0.1)
+    await give_up_while_making(pool, started.wait, "scope", anyio_backend)
+    assert not cancelled  # the checkout gave up; the factory call goes on
+    before = anyio.current_time()
+    await pool.close()
+    assert anyio.current_time() - before >= 0.09
+    assert cancelled == [True]
+    assert (
+        "pool 'never_connects': 1 connection factory call(s) still running "
+        "operation_timeout (0.1 s) after close(); cancelling them"
+    ) in caplog.text
+
+
+async def test_factory_failure_after_its_checkout_left_is_logged(
+    opener: Opener, caplog: pytest.LogCaptureFixture, anyio_backend: str
+) -> None:
+    opener.gate.clear()
+    opener.fail = True
+    pool = SQLiteConnectionPool(opener.connect, pool_size=1, name="failing")
+    await give_up_while_making(pool, opener.entered, "native", anyio_backend)
+    opener.gate.set()
+    await pool.close()  # waits for the call to end
+    records = [r for r in caplog.records if r.levelno == logging.WARNING]
+    assert [r.getMessage() for r in records] == [
+        "pool 'failing': making a connection failed after its checkout had left"
+    ]
+    assert records[0].exc_info is not None
+    assert isinstance(records[0].exc_info[1], sqlite3.OperationalError)
+    assert_settled(pool)
+
+
+async def test_factory_failure_reaches_the_checkout_that_took_the_call_over(
+    opener: Opener, anyio_backend: str
+) -> None:
+    opener.gate.clear()
+    opener.fail = True
+    async with SQLiteConnectionPool(opener.connect, pool_size=1, name="failing") as pool:
+        await give_up_while_making(pool, opener.entered, "scope", anyio_backend)
+        errors: list[BaseException] = []
+
+        async def next_checkout() -> None:
+            with pytest.raises(sqlite3.OperationalError) as excinfo:
+                await _checkout(pool)
+            errors.append(excinfo.value)
+
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(next_checkout)
+            await anyio.wait_all_tasks_blocked()
+            opener.gate.set()
+        assert "while pool 'failing' was creating a connection" in errors[0].__notes__
+        assert opener.calls == 1
+        assert_settled(pool)
+
+
+async def test_no_connection_outlives_close_after_a_storm_of_give_ups(
+    opener: Opener,
+) -> None:
+    """Checkouts under ``move_on_after`` deadlines of 0 to 3 ms and an
+    ``operation_timeout`` of 2 ms, while each connection takes a thread hop to open:
+    checkouts give up while waiting, while their connection is made and inside their
+    block. No connection is lost: at most ``pool_size`` are ever opened, and none is
+    open after ``close()``."""
+    pool = SQLiteConnectionPool(opener.connect, pool_size=3, operation_timeout=0.002)
+    outcomes: Counter[str] = Counter()
+
+    async def user(index: int) -> None:
+        for round_ in range(15):
+            step = (index + round_) % 8
+            with anyio.move_on_after(0.0005 * step if step < 7 else None) as scope:
+                try:
+                    async with pool.connection(timeout=None) as conn:
+                        await conn.fetchval("SELECT 1")
+                        await anyio.sleep(0.0005 * (round_ % 3))
+                except litepool.PoolTimeout:
+                    outcomes["operation timeout"] += 1
+                    continue
+            outcomes["cancelled" if scope.cancelled_caught else "completed"] += 1
+
+    try:
+        async with anyio.create_task_group() as tg:
+            for index in range(12):
+                tg.start_soon(user, index)
+        assert outcomes["cancelled"] > 0
+        assert outcomes["completed"] > 0
+        assert_settled(pool)
+    finally:
+        await pool.close()
+    assert 1 <= len(opener.opened) <= pool.pool_size
+    assert await opener.still_open() == 0
+
+
 def _aiosqlite_threads() -> set[threading.Thread]:
     return {t for t in threading.enumerate() if "_connection_worker_thread" in t.name}
+
+
+@pytest.mark.parametrize("anyio_backend", ["asyncio"])  # aiosqlite is asyncio-only
+async def test_no_aiosqlite_connection_is_left_open(
+    tmp_path: Path, anyio_backend: str, cancel_how: str
+) -> None:
+    """aiosqlitepool's documented factory: connect, then set a pragma. Checkouts are
+    cancelled (and a factory overruns ``operation_timeout``) while it runs; after
+    ``close()`` no aiosqlite connection, that is no aiosqlite thread, is left."""
+    path = str(tmp_path / "aiosqlite.db")
+    gate = anyio.Event()
+    connected = anyio.Event()
+    made: list[aiosqlite.Connection] = []
+
+    async def connect() -> aiosqlite.Connection:
+        conn = await aiosqlite.connect(path)
+        made.append(conn)
+        connected.set()
+        await gate.wait()
+        await conn.execute("PRAGMA foreign_keys = ON")
+        return conn
+
+    threads_before = _aiosqlite_threads()
+    pool = SQLiteConnectionPool(connect, pool_size=2, operation_timeout=0.5)
+    try:
+        await give_up_while_making(pool, connected.wait, cancel_how, anyio_backend)
+
+        async def overrun() -> None:
+            with pytest.raises(PoolConnectionAcquireTimeoutError, match="operation_timeout"):
+                await _checkout(pool)
+
+        # One checkout waits for the call the cancelled one left, the other makes a
+        # second call; both give up after operation_timeout.
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(overrun)
+            tg.start_soon(overrun)
+        # Both calls went on; the pool keeps what they make.
+        gate.set()
+        async with pool.connection() as first, pool.connection() as second:
+            assert {first, second} == set(made)
+    finally:
+        await pool.close()
+    # aiosqlite's close() returns before its thread has ended: give each a moment.
+    for thread in _aiosqlite_threads() - threads_before:
+        await anyio.to_thread.run_sync(thread.join, 5.0)
+    assert len(made) == 2
+    assert not _aiosqlite_threads() - threads_before
 
 
 # -- every duration is checked before anything runs ------------------------------------

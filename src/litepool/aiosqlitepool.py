@@ -27,7 +27,16 @@ How it works:
   normal or not, gives its token back.
 - **Connections.** A token holder takes the most recently returned idle connection, with
   no await between getting the token and taking the connection. When there is none, it
-  calls the factory. So the connections open never outnumber ``pool_size``.
+  waits for a connection that is still being made for a checkout that gave up, and only
+  when there is none of those either does it call the factory. So the connections open
+  and being made never outnumber ``pool_size``.
+- **Making a connection.** The factory is called by the checkout, and what it returns is
+  awaited in a task of its own (an asyncio task, or a trio system task), which the
+  checkout waits for. A checkout that is cancelled, or whose ``operation_timeout``
+  runs out, stops waiting without cancelling the factory: a driver such as aiosqlite
+  opens its connection on a thread of its own, and cancelling its connect leaves that
+  connection open with nobody holding it. The connection that arrives goes to the next
+  checkout that needs one, or is closed if the pool has been closed meanwhile.
 - **No background task.** Idle connections past ``idle_timeout`` are closed by the next
   checkout, as in aiosqlitepool. Nothing of the pool is tied to the task that entered
   ``async with pool:``, which may be left in another task (as pytest-asyncio fixtures
@@ -36,6 +45,8 @@ How it works:
 
 from __future__ import annotations
 
+import asyncio
+import contextvars
 import enum
 import inspect
 import logging
@@ -47,6 +58,7 @@ from types import TracebackType
 from typing import Any, Final, Generic, Protocol, TypeVar
 
 import anyio
+import anyio.lowlevel
 
 from ._errors import PoolClosed, PoolTimeout
 from ._options import check_timeout
@@ -159,12 +171,39 @@ def _transaction_state(conn: object) -> bool | None:
     return value if isinstance(value, bool) else None
 
 
+#: Running asyncio tasks that make connections: the event loop keeps only weak
+#: references to its tasks.
+_factory_tasks: set[asyncio.Task[None]] = set()
+
+
 class _Idle(Generic[ConnT]):
     __slots__ = ("conn", "since")
 
     def __init__(self, conn: ConnT, since: float) -> None:
         self.conn = conn
         self.since = since
+
+
+class _Making(Generic[ConnT]):
+    """One call of the connection factory, awaited in a task of its own.
+
+    While a checkout waits for it, ``claimed`` is true and that checkout takes what it
+    makes; otherwise the task puts what it makes in the idle list, or closes it if the
+    pool is closed.
+    """
+
+    __slots__ = ("claimed", "conn", "done", "error", "scope", "settled")
+
+    def __init__(self) -> None:
+        #: Cancelled only by close(), once its grace period is over.
+        self.scope = anyio.CancelScope()
+        #: Set when the factory's awaitable has finished, one way or another.
+        self.done = anyio.Event()
+        #: Set when what it made is idle, checked out or closed: close() waits for it.
+        self.settled = anyio.Event()
+        self.claimed = False
+        self.conn: ConnT | None = None
+        self.error: Exception | None = None
 
 
 class SQLiteConnectionPool(Generic[ConnT]):
@@ -178,17 +217,20 @@ class SQLiteConnectionPool(Generic[ConnT]):
     :param connection_factory: an async callable returning a new connection whose
         ``rollback()`` and ``close()`` are awaitable (aiosqlite, sqlite-anyio, ...).
         Connections are made on demand, when a checkout finds none idle.
-    :param pool_size: the most connections open at once, and so the most checkouts at
-        once; an int >= 1.
+    :param pool_size: the most connections open (or being made) at once, and so the
+        most checkouts at once; an int >= 1.
     :param acquisition_timeout: seconds a checkout may wait for a free slot before it
         raises :class:`PoolConnectionAcquireTimeoutError`. Fractions are honoured; ``0``
         only takes a free slot; ``None`` waits as long as it takes.
     :param idle_timeout: seconds a returned connection may stay idle; the next checkout
         after that closes it. ``None`` keeps idle connections open.
-    :param operation_timeout: seconds the pool gives ``connection_factory()`` (then the
-        checkout raises :class:`PoolConnectionAcquireTimeoutError`) and a connection's
-        ``rollback()`` or ``close()``; a connection whose rollback fails or overruns is
-        closed instead of reused. ``None`` waits as long as it takes.
+    :param operation_timeout: seconds a checkout waits for a new connection from
+        ``connection_factory`` (then it raises
+        :class:`PoolConnectionAcquireTimeoutError`, and the connection, when it comes,
+        goes to a later checkout), and seconds given to each ``rollback()`` and
+        ``close()`` (a connection whose rollback fails or overruns is closed instead of
+        reused) and to factory calls still running when the pool closes. ``None`` waits
+        as long as it takes.
     :param name: the pool's name in errors and logs; by default the factory's name.
     :raises TypeError: for an argument of the wrong type, naming it.
     :raises ValueError: for an argument out of range, naming it.
@@ -210,21 +252,27 @@ class SQLiteConnectionPool(Generic[ConnT]):
     beyond what the load needs stay idle and expire. The pool has no task of its own:
     expired connections are closed by the next checkout (or by :meth:`close`).
 
+    **Making connections.** The factory's awaitable runs in a task of its own (with a
+    copy of the checkout's context variables) and is never cancelled because a checkout
+    gave up: a connection that arrives after its checkout was cancelled or timed out is
+    kept for the next checkout, or closed if the pool is closed by then. It still counts
+    against ``pool_size`` while it is being made.
+
     **Cancellation** (anyio and trio cancel scopes, and native ``asyncio.Task.cancel()``)
-    never loses a slot:
+    never loses a slot or a connection:
 
     - cancelled while waiting for a slot, or in the same step as a slot is handed to
       it: the task holds nothing; a slot handed to it goes to the next waiter;
-    - cancelled while its connection is being created: the slot is given back (cleaning
-      up a half-made connection is the factory's job);
+    - cancelled while its connection is being made: the slot is given back at once, and
+      the connection goes to the pool when it arrives;
     - cancelled inside the block, or while the connection is being returned: the
       rollback and any close run shielded from cancel scopes, and the slot is given back
       whatever happens. A native ``Task.cancel()`` can still interrupt the rollback; the
       connection is then closed rather than reused.
 
-    The pool holds no connection until the first checkout. Close it with ``await
-    pool.close()`` or by leaving ``async with pool:``; the block may be entered in one
-    task and left in another.
+    The pool holds no connection and starts no task until the first checkout. Close it
+    with ``await pool.close()`` or by leaving ``async with pool:``; the block may be
+    entered in one task and left in another.
     """
 
     def __init__(
@@ -255,6 +303,9 @@ class SQLiteConnectionPool(Generic[ConnT]):
         self._limiter = anyio.CapacityLimiter(self._pool_size)
         # Most recently returned last: checkouts take from the right, expiry from the left.
         self._idle: deque[_Idle[ConnT]] = deque()
+        # Factory calls not settled yet; and, oldest first, those no checkout waits for.
+        self._making: set[_Making[ConnT]] = set()
+        self._unclaimed: deque[_Making[ConnT]] = deque()
         self._scopes: set[anyio.CancelScope] = set()
         self._open = 0
         self._in_use = 0
@@ -324,8 +375,9 @@ class SQLiteConnectionPool(Generic[ConnT]):
             closed while the checkout waited.
 
         Cancellation: see the class's documentation; in short, a cancelled checkout
-        holds nothing, and a connection whose block was cancelled is rolled back
-        (shielded) or closed before its slot is given back.
+        holds nothing, a connection being made for it goes to the pool when it arrives,
+        and a connection whose block was cancelled is rolled back (shielded) or closed
+        before its slot is given back.
         """
         if timeout is _UNSET:
             resolved = self._acquisition_timeout
@@ -361,12 +413,6 @@ class SQLiteConnectionPool(Generic[ConnT]):
             if holding:
                 limiter.release_on_behalf_of(borrower)
             raise
-        if self._closed:  # closed while the connection was being made
-            try:
-                await self._discard(conn)
-            finally:
-                limiter.release_on_behalf_of(borrower)
-            self._check_open()
         self._in_use += 1
         return conn
 
@@ -391,49 +437,150 @@ class SQLiteConnectionPool(Generic[ConnT]):
             )
 
     async def _obtain(self) -> ConnT:
-        """With a slot held: close expired idle connections, then reuse or create one."""
+        """With a slot held: close expired idle connections, then reuse, wait or make."""
         expired = self._take_expired()
         if expired:
             await self._close_all(expired)
+        self._check_open()
         if self._idle:
             return self._idle.pop().conn
-        return await self._create()
+        # A connection still being made for a checkout that gave up is this slot's.
+        making = self._unclaimed.popleft() if self._unclaimed else self._make()
+        return await self._await(making)
 
-    async def _create(self) -> ConnT:
-        result = self._factory()
+    # -- making connections ----------------------------------------------------------
+
+    def _make(self) -> _Making[ConnT]:
+        """Call the factory and await what it returns in a task of its own."""
+        try:
+            result = self._factory()
+        except Exception as exc:
+            exc.add_note(f"while pool {self._name!r} was creating a connection")
+            raise
         if not inspect.isawaitable(result):
             raise TypeError(
                 f"connection_factory of pool {self._name!r} must be async (return an "
                 f"awaitable), but it returned {result!r}"
             )
+        making: _Making[ConnT] = _Making()
+        self._making.add(making)
+        name = f"litepool.aiosqlitepool[{self._name}] connect"
+        native = anyio.lowlevel.current_token().native_token
+        if isinstance(native, asyncio.AbstractEventLoop):
+            task = native.create_task(self._run_factory(making, result), name=name)
+            _factory_tasks.add(task)
+            task.add_done_callback(_factory_tasks.discard)
+        else:
+            import trio
+
+            trio.lowlevel.spawn_system_task(
+                self._run_factory, making, result, name=name, context=contextvars.copy_context()
+            )
+        return making
+
+    async def _run_factory(self, making: _Making[ConnT], result: Awaitable[ConnT]) -> None:
+        """The task of one factory call. It raises nothing but its own cancellation."""
+        made: list[ConnT] = []
+        try:
+            with making.scope:
+                made.append(await result)
+        except Exception as exc:
+            exc.add_note(f"while pool {self._name!r} was creating a connection")
+            making.error = exc
+        except BaseException as exc:
+            # The task itself is cancelled (its event loop is shutting down), or
+            # interrupted: a waiting checkout gets an error, and nothing is made.
+            making.error = RuntimeError(
+                f"pool {self._name!r}: making a connection was interrupted by {exc!r}"
+            )
+            self._made(making)
+            if not making.claimed:
+                self._settle(making)
+            raise
+        if made:
+            conn = made[0]
+            if all(callable(getattr(conn, method, None)) for method in ("rollback", "close")):
+                self._open += 1
+                making.conn = conn
+            else:
+                making.error = TypeError(
+                    f"connection_factory of pool {self._name!r} returned {conn!r}, which "
+                    "has no rollback() and close() methods"
+                )
+        self._made(making)
+        if not making.claimed:
+            await self._keep(making)
+
+    def _made(self, making: _Making[ConnT]) -> None:
+        making.done.set()
+        if not making.claimed:
+            self._unclaimed.remove(making)
+
+    async def _await(self, making: _Making[ConnT]) -> ConnT:
+        """Wait, for up to ``operation_timeout``, for the connection ``making`` makes."""
+        making.claimed = True
         limit = self._operation_timeout
         scope = anyio.CancelScope(
             deadline=math.inf if limit is None else anyio.current_time() + limit
         )
         self._scopes.add(scope)
-        made: list[ConnT] = []
         try:
             with scope:
-                made.append(await result)
-        except Exception as exc:
-            exc.add_note(f"while pool {self._name!r} was creating a connection")
+                await making.done.wait()
+        except BaseException:
+            await self._give_up(making)
             raise
         finally:
             self._scopes.discard(scope)
-        if not made:  # our own scope: close(), or operation_timeout
+        if not making.done.is_set():  # our own scope: operation_timeout, or close()
+            await self._give_up(making)
             self._check_open()
             raise PoolConnectionAcquireTimeoutError(
-                f"pool {self._name!r}: creating a connection took longer than "
-                f"operation_timeout ({limit:g} s)"
+                f"pool {self._name!r}: making a connection took longer than "
+                f"operation_timeout ({limit:g} s); it goes to the pool when it arrives"
             )
-        conn = made[0]
-        if not all(callable(getattr(conn, method, None)) for method in ("rollback", "close")):
-            raise TypeError(
-                f"connection_factory of pool {self._name!r} returned {conn!r}, which has "
-                "no rollback() and close() methods"
-            )
-        self._open += 1
+        conn = making.conn
+        try:
+            if conn is None:
+                self._check_open()  # cancelled by close()
+                assert making.error is not None
+                raise making.error
+            if self._closed:  # closed in the same step as the connection arrived
+                await self._discard(conn)
+                self._check_open()
+        finally:
+            self._settle(making)
         return conn
+
+    async def _give_up(self, making: _Making[ConnT]) -> None:
+        """The waiting checkout leaves: what ``making`` makes must not be lost."""
+        if not making.done.is_set():
+            making.claimed = False
+            self._unclaimed.append(making)  # its task keeps or closes the connection
+        else:
+            await self._keep(making)
+
+    async def _keep(self, making: _Making[ConnT]) -> None:
+        """Nobody takes what ``making`` made: make it idle, or close it if closed."""
+        try:
+            conn = making.conn
+            if conn is not None:
+                if self._closed:
+                    await self._discard(conn)
+                else:
+                    self._idle.append(_Idle(conn, anyio.current_time()))
+            elif making.error is not None:
+                _logger.warning(
+                    "pool %r: making a connection failed after its checkout had left",
+                    self._name,
+                    exc_info=making.error,
+                )
+        finally:
+            self._settle(making)
+
+    def _settle(self, making: _Making[ConnT]) -> None:
+        making.settled.set()
+        self._making.discard(making)
 
     # -- returning connections -------------------------------------------------------
 
@@ -522,24 +669,56 @@ class SQLiteConnectionPool(Generic[ConnT]):
 
         Checkouts waiting for a slot or for a new connection raise
         :class:`PoolClosedError`; idle connections are closed now (shielded, each
-        bounded by ``operation_timeout``); connections still checked out are closed when
-        their blocks end. Calling it again waits for the first call to finish closing.
+        bounded by ``operation_timeout``); connection factory calls still running are
+        given ``operation_timeout`` to finish, and what they return is closed; one still
+        running after that is cancelled, with a warning on the ``litepool`` logger (a
+        driver that goes on connecting after its connect was cancelled may leave that
+        connection open). Connections still checked out are closed when their blocks
+        end. So when it returns, every connection of the pool is closed or checked out.
+        Every call waits for all of this, also when another call is closing already.
+
+        Cancellation: the pool is closed all the same, and its idle connections too
+        (shielded); connections still being made are closed by their own tasks when
+        they arrive, and a later ``close()`` waits for them again.
         """
         finished = self._close_finished
-        if finished is not None:
+        if finished is None:
+            self._closed = True
+            finished = self._close_finished = anyio.Event()
+            try:
+                for scope in list(self._scopes):
+                    scope.cancel()
+                idle = [entry.conn for entry in self._idle]
+                self._idle.clear()
+                if idle:
+                    await self._close_all(idle)
+            finally:
+                finished.set()
+        else:
             await finished.wait()
+        await self._finish_making()
+
+    async def _finish_making(self) -> None:
+        """Wait for the factory calls still running, cancelling those that overrun."""
+        pending = list(self._making)
+        if not pending:
             return
-        self._closed = True
-        finished = self._close_finished = anyio.Event()
-        try:
-            for scope in list(self._scopes):
-                scope.cancel()
-            idle = [entry.conn for entry in self._idle]
-            self._idle.clear()
-            if idle:
-                await self._close_all(idle)
-        finally:
-            finished.set()
+        with anyio.move_on_after(self._operation_timeout):
+            for making in pending:
+                await making.settled.wait()
+        late = [making for making in pending if not making.done.is_set()]
+        if late:
+            _logger.warning(
+                "pool %r: %d connection factory call(s) still running operation_timeout "
+                "(%g s) after close(); cancelling them",
+                self._name,
+                len(late),
+                self._operation_timeout,
+            )
+            for making in late:
+                making.scope.cancel()
+        for making in pending:
+            await making.settled.wait()
 
     async def __aenter__(self) -> SQLiteConnectionPool[ConnT]:
         """Use the pool for an ``async with`` block; leaving it calls :meth:`close`.
