@@ -7,7 +7,7 @@ import types
 import litepool
 
 #: Public submodules, imported on their own because they need an optional extra.
-PUBLIC_SUBMODULES = {"prometheus"}
+PUBLIC_SUBMODULES = {"aiosqlitepool", "prometheus"}
 
 
 def test_all_matches_public_names() -> None:

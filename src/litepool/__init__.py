@@ -23,12 +23,12 @@ from ._errors import (
     TransactionAborted,
     WouldDeadlock,
 )
-from ._generic import SQLiteConnectionPool
 from ._housekeeping import CheckpointResult
 from ._options import DEFAULT_PRAGMAS
 from ._pool import Checkout, Pool, open_pool
 from ._rows import AmbiguousColumn, Row, dict_row
 from ._stats import HISTOGRAM_BOUNDS, Histogram, LaneStatistics, PoolStatistics
+from .aiosqlitepool import SQLiteConnectionPool
 
 __version__ = "0.1.0.dev0"
 
