@@ -33,14 +33,21 @@ class DatabaseFile:
 
     __slots__ = ("identity", "path", "pool_name", "reopen", "reopen_uri", "resolved")
 
+    pool_name: str
+    resolved: bool
+    path: str | None
+    identity: tuple[int, int] | None
+    reopen: str
+    reopen_uri: bool
+
     def __init__(self, pool_name: str, database: str, uri: bool) -> None:
         self.pool_name = pool_name
         #: Whether the first connection has opened (and :meth:`resolve` run).
         self.resolved = False
         #: The main database file's absolute path, or None (in-memory, temporary).
-        self.path: str | None = None
+        self.path = None
         #: ``(st_dev, st_ino)`` of that file when the pool opened it.
-        self.identity: tuple[int, int] | None = None
+        self.identity = None
         #: What later connections open, and whether it is a URI: until the first
         #: connection has opened, what the pool was given.
         self.reopen = database
