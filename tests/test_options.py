@@ -34,6 +34,16 @@ import litepool
             TypeError,
             "acquire_timeout must be a number of seconds or None, not '30'",
         ),
+        (
+            {"wal_reset_timeout": 0},
+            ValueError,
+            "wal_reset_timeout must be > 0 seconds or None, got 0",
+        ),
+        (
+            {"wal_reset_timeout": "2"},
+            TypeError,
+            "wal_reset_timeout must be a number of seconds or None, not '2'",
+        ),
         ({"pragmas": [("a", 1)]}, TypeError, "pragmas must be a mapping"),
         (
             {"pragmas": {"cache size": 1}},

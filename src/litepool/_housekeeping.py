@@ -1,42 +1,49 @@
-"""The housekeeper: WAL checkpoints that keep the write-ahead log from running away.
+"""The housekeeper: WAL checkpoints that keep the write-ahead log under its bound.
 
 SQLite's own automatic checkpoint (PASSIVE, after a commit that leaves 1000 pages or more
-in the WAL) cannot finish while a reader still uses an older part of the log, and the
-WAL only starts again from its beginning after a checkpoint has finished. Under a
-steady stream of overlapping reads it therefore grows without bound.
+in the WAL) copies what no reader needs into the database, but the WAL file starts again
+from its beginning only after a checkpoint has copied all of it and no reader still uses
+it. Under overlapping reads and a writer that never pauses that never happens, and the
+file grows without bound.
+
+A TRUNCATE checkpoint waits (in SQLite's busy handler) for the readers that still use
+the log, copies it all and cuts the file to zero bytes. Only read transactions that
+began before the last write hold it up: one that begins while the checkpoint waits, with
+no write in between, reads the newest snapshot, and once the log has been copied reads
+the database file alone. So the checkpoint must keep the writer while it waits (which,
+running on the writer's thread, it does), and wait for as long as the longest of those
+older read transactions lasts, not a fixed fraction of a second. Readers are never held
+back.
 
 The housekeeper is a task in the pool's task group. Every :data:`BUSY_INTERVAL` seconds
 while writes come in (backing off to :data:`IDLE_INTERVAL` while none do) it compares
-the write lane's counters with what it saw last time, which costs the pool's hot paths
-nothing. Then:
+the write lane's counters with what it saw last time, which costs the hot paths
+nothing, and looks at the size of the WAL file (one ``stat``). Then:
 
-- **while writes keep coming**, it looks at the size of the WAL file (one ``stat``) and
-  does nothing more while the file is under a quarter of ``wal_max_bytes``: SQLite's
-  automatic checkpoints are doing their job;
-- **when the writes pause**, it queues a PASSIVE checkpoint, which never waits for
-  anybody, so that the WAL left by a burst of writes is copied into the database while
-  readers are quiet;
-- **when the WAL file passes a quarter of** ``wal_max_bytes`` (at most every so often
-  while readers keep it busy), **or half of it** (every time), it queues a TRUNCATE
-  checkpoint instead: it waits for readers to leave the WAL, copies it all, and cuts the
-  file to zero bytes. It waits for at most :data:`ESCALATION_WAIT` seconds: readers are
-  never blocked by a checkpoint, and writers queue behind it for that long at most. If
-  readers outlast the wait, the checkpoint reports busy and the housekeeper tries again
-  after a back-off (at once if the file has passed half the bound).
-
-Every checkpoint is a job on the writer's thread, queued while no checkout holds the
-writer and nobody waits for it, so it shows in none of the lane's counts; a writer that
-comes meanwhile queues behind it. When the writer is busy, the housekeeper tries again
-at its next look, except past half of ``wal_max_bytes``: then it queues for the writer,
-first come, first served, like a single statement (but not counted as one).
+- **while the file is under half of** ``wal_max_bytes``, it leaves it to SQLite's
+  automatic checkpoints, and **when the writes pause** it queues a PASSIVE checkpoint on
+  the writer if it is free (one that never waits for anybody), so that the log left by
+  a burst of writes is copied while readers are quiet;
+- **past half of** ``wal_max_bytes`` it **resets the WAL**: it queues for the writer,
+  first come, first served like any writer (so a writer that never pauses cannot keep it
+  out), and runs a TRUNCATE checkpoint that waits up to ``wal_reset_timeout`` for the
+  older read transactions, in slices, giving way at once if the pool closes. Writers
+  queue behind it meanwhile;
+- a read transaction that **outlasts** ``wal_reset_timeout`` makes the reset give up: a
+  warning names who holds it (the reader, and the checkout and where it was taken),
+  ``statistics().wal_reset_timeouts`` counts it, no reader is stopped, and the next
+  reset waits until that transaction has ended. The WAL grows meanwhile. Readers of
+  other processes, which the pool cannot see, make it give up in the same way and try
+  again after a back-off.
 """
 
 from __future__ import annotations
 
 import logging
+import math
 import os
 import sqlite3
-from typing import TYPE_CHECKING, Any, Final, NamedTuple
+from typing import TYPE_CHECKING, Final, NamedTuple
 
 import anyio
 
@@ -60,14 +67,13 @@ DEFAULT_WAL_MAX_BYTES: Final = 64 * 1024 * 1024
 BUSY_INTERVAL: Final = 0.02
 IDLE_INTERVAL: Final = 1.0
 
-#: Longest time a TRUNCATE checkpoint of the housekeeper waits for readers to
-#: leave the WAL (its busy timeout). The writer is busy meanwhile; readers are not held.
-ESCALATION_WAIT: Final = 0.2
+#: ``open_pool(wal_reset_timeout=...)``'s default: the longest a WAL reset keeps the
+#: writer while it waits for read transactions that began before it.
+DEFAULT_WAL_RESET_TIMEOUT: Final = 2.0
 
-#: After an escalated checkpoint found the WAL busy, the next escalation waits this long
-#: (doubling up to :data:`IDLE_INTERVAL` while it keeps failing), unless the WAL file has
-#: passed ``wal_max_bytes`` itself.
-ESCALATION_BACKOFF: Final = 0.05
+#: After a reset gave up on readers the pool cannot see (another process's), the next one
+#: waits this long (doubling up to :data:`IDLE_INTERVAL` while it keeps failing).
+RESET_BACKOFF: Final = 0.05
 
 
 class CheckpointResult(NamedTuple):
@@ -90,7 +96,7 @@ class WalState:
         "checkpoints",
         "mode",
         "peak",
-        "resolved",
+        "reset_timeouts",
         "wal_bytes",
         "wal_path",
     )
@@ -101,8 +107,14 @@ class WalState:
         self.mode: str | None = None
         self.wal_bytes: int | None = None
         self.peak: int | None = None
-        self.resolved = False
-        self.wal_path: str | None = None  # None: no WAL file to watch
+        #: Loop side: WAL resets given up because a read transaction outlasted them.
+        self.reset_timeouts = 0
+        #: Set when the writer has opened: None if the database is not in WAL mode.
+        self.wal_path: str | None = None
+
+    def resolve(self, database_path: str | None, wal: bool) -> None:
+        """The writer has opened ``database_path`` (None: in memory), in WAL mode or not."""
+        self.wal_path = None if database_path is None or not wal else database_path + "-wal"
 
 
 def check_mode(mode: object) -> str:
@@ -112,25 +124,6 @@ def check_mode(mode: object) -> str:
 
 
 # -- job functions: run on the writer's thread ------------------------------------------
-
-
-def _rows(conn: sqlite3.Connection, sql: str) -> list[tuple[Any, ...]]:
-    """Plain tuples, whatever the pool's row factory, with the cursor closed here."""
-    cursor = conn.cursor()
-    try:
-        cursor.row_factory = None
-        return cursor.execute(sql).fetchall()
-    finally:
-        cursor.close()
-
-
-def _resolve(conn: sqlite3.Connection, state: WalState) -> None:
-    journal = _rows(conn, "PRAGMA journal_mode")[0][0]
-    if str(journal).lower() == "wal":
-        for _, name, filename in _rows(conn, "PRAGMA database_list"):
-            if name == "main" and filename:
-                state.wal_path = filename + "-wal"
-    state.resolved = True  # last: the loop reads wal_path once this is set
 
 
 def _wal_size(state: WalState) -> int | None:
@@ -158,13 +151,7 @@ def _run_checkpoint(worker: Worker, mode: str, state: WalState, limit: float) ->
 
 def checkpoint_job(worker: Worker, mode: str, state: WalState) -> CheckpointResult:
     """Job: one checkpoint in ``mode``, as :meth:`Pool.checkpoint` asks for it."""
-    conn = worker.conn
-    assert conn is not None
-    if not state.resolved:
-        _resolve(conn, state)
-    size = _wal_size(state)
-    if size is not None and (state.peak is None or size > state.peak):
-        state.peak = size
+    _note_size(state)
     transactions = worker.transactions
     assert transactions is not None
     return _run_checkpoint(worker, mode, state, transactions.busy_ms / 1000)
@@ -187,48 +174,58 @@ def optimize_job(worker: Worker) -> None:
         logger.warning("%s: PRAGMA optimize failed: %s", worker.thread_name, exc)
 
 
-#: What :func:`housekeeping_job` reports to the loop.
-_NOT_WAL: Final = "not wal"
-_DONE: Final = "done"
-_BUSY: Final = "busy"
-_SKIPPED: Final = "skipped"
+def passive_job(worker: Worker, state: WalState) -> None:
+    """Job: a PASSIVE checkpoint, which never waits for anybody."""
+    _note_size(state)
+    _run_checkpoint(worker, "PASSIVE", state, 0)
 
 
-def housekeeping_job(worker: Worker, state: WalState, max_bytes: int, escalate: bool) -> str:
-    """Job: PASSIVE, or TRUNCATE past the thresholds of the module's docstring."""
-    conn = worker.conn
-    assert conn is not None
-    if not state.resolved:
-        _resolve(conn, state)
+def reset_job(worker: Worker, state: WalState, limit: float) -> bool:
+    """Job: a TRUNCATE checkpoint waiting up to ``limit`` seconds for older readers;
+    True if it reset the WAL."""
+    _note_size(state)
+    return not _run_checkpoint(worker, "TRUNCATE", state, limit).busy
+
+
+def _note_size(state: WalState) -> None:
     size = _wal_size(state)
-    if size is None:
-        return _NOT_WAL
-    if state.peak is None or size > state.peak:
+    if size is not None and (state.peak is None or size > state.peak):
         state.peak = size
-    if not size:
-        return _DONE
-    if size > max_bytes // 2 or (escalate and size > max_bytes // 4):
-        result = _run_checkpoint(worker, "TRUNCATE", state, ESCALATION_WAIT)
-    else:
-        result = _run_checkpoint(worker, "PASSIVE", state, 0)
-    return _BUSY if result.busy else _DONE
 
 
 # -- the task ------------------------------------------------------------------------------
 
 
 class Housekeeper:
-    """The pool's housekeeping task; :meth:`stop` ends it (the pool does, when closing)."""
+    """The pool's housekeeping task; :meth:`stop` ends it (the pool does, when closing).
+
+    Cancellation: stopping it while a reset waits for readers stops that wait within a
+    slice (the reset's job is interruptible) and gives the writer back.
+    """
 
     def __init__(
-        self, pool_name: str, lane: Lane, bridge: Bridge, state: WalState, max_bytes: int
+        self,
+        pool_name: str,
+        write_lane: Lane,
+        read_lane: Lane,
+        bridge: Bridge,
+        state: WalState,
+        max_bytes: int,
+        reset_timeout: float | None,
     ) -> None:
         self._pool_name = pool_name
-        self._lane = lane
+        self._lane = write_lane
+        self._readers = read_lane
         self._bridge = bridge
         self._state = state
         self._max_bytes = max_bytes
+        self._reset_timeout = math.inf if reset_timeout is None else reset_timeout
         self._scope = anyio.CancelScope()
+        # Readers whose read transaction outlasted the last reset, and which one it was
+        # (Worker.reads): the next reset waits until each of them has ended it.
+        self._outlasted: dict[Worker, int] = {}
+        self._retry_at = 0.0
+        self._backoff = 0.0
 
     def stop(self) -> None:
         self._scope.cancel()
@@ -246,12 +243,10 @@ class Housekeeper:
     async def _loop(self) -> None:
         lane = self._lane
         state = self._state
-        quarter, half = self._max_bytes // 4, self._max_bytes // 2
+        half = self._max_bytes // 2
         seen = lane.checkouts + lane.statements
         pending = False  # writes since the last checkpoint
         interval = BUSY_INTERVAL
-        backoff = 0.0
-        next_escalation = 0.0
         while True:
             await anyio.sleep(interval)
             writes = lane.checkouts + lane.statements
@@ -263,47 +258,82 @@ class Housekeeper:
             elif not pending:
                 interval = min(interval * 2, IDLE_INTERVAL)
                 continue
-            now = anyio.current_time()
-            escalate = now >= next_escalation
-            urgent = False
-            if state.resolved:  # the first job finds the WAL file
-                size = _wal_size(state)
-                if size is None:
-                    return
-                urgent = size > half
-                if not (paused or urgent or (escalate and size > quarter)):
-                    continue
-            outcome = await self._run(escalate=escalate, urgent=urgent)
-            if outcome == _SKIPPED:
-                continue  # the writer was busy: next time
-            pending = False
-            if outcome == _NOT_WAL:
-                return
-            if outcome == _BUSY:
-                backoff = min(max(backoff * 2, ESCALATION_BACKOFF), IDLE_INTERVAL)
-                next_escalation = anyio.current_time() + backoff
-            elif outcome == _DONE:
-                backoff = 0.0
+            size = _wal_size(state)
+            if size is None:
+                return  # not in WAL mode: nothing to keep
+            if size > half and self._may_reset():
+                if await self._reset():
+                    pending = False
+                continue
+            if paused and await self._passive():
+                pending = False
 
-    async def _run(self, *, escalate: bool, urgent: bool) -> str | None:
+    def _may_reset(self) -> bool:
+        if anyio.current_time() < self._retry_at:
+            return False
+        outlasted = self._outlasted
+        for worker, reads in list(outlasted.items()):
+            if worker.reading and worker.reads == reads and worker in self._readers.workers:
+                return False  # still the same read transaction: it would hold us up again
+            del outlasted[worker]
+        return True
+
+    async def _passive(self) -> bool:
+        """A PASSIVE checkpoint if the writer is free right now; True if it ran."""
         lane = self._lane
-        # Not interruptible: closing the pool lets a running checkpoint finish (its wait is
-        # bounded) rather than count it as an interrupted statement.
-        job = Job(housekeeping_job, (self._state, self._max_bytes, escalate), interruptible=False)
-        if lane.idle and not lane.waiting and not lane.closed:
-            # Queued on the free writer without holding it: nobody sees it in the lane's
-            # counts, and a writer that comes now queues its statements behind it.
-            worker = lane.free()
-            assert worker is not None
-            worker.submit(job)
-        elif urgent:
-            # Past half the bound: wait for the writer like a single statement (but
-            # without being counted as one), first come, first served.
-            worker = await lane.acquire(None)
-            worker.submit(job)
-            lane.release(worker)
+        if not lane.idle or lane.waiting or lane.closed:
+            return False
+        worker = lane.free()
+        assert worker is not None
+        # Queued on the free writer without holding it: nobody sees it in the lane's
+        # counts, and a writer that comes now queues its statements behind it. Not
+        # interruptible: closing the pool lets it finish (it never waits).
+        job = Job(passive_job, (self._state,), interruptible=False)
+        worker.submit(job)
+        return await self._answer(worker, job) is not None
+
+    async def _reset(self) -> bool:
+        """Reset the WAL (see the module's docstring); True if it was."""
+        lane = self._lane
+        worker = await lane.acquire(None)
+        # The next writer may queue behind the checkpoint right away: the checkpoint
+        # keeps the writer's thread, which is what stops new writes while it waits.
+        job = Job(reset_job, (self._state, self._reset_timeout))
+        worker.submit(job)
+        lane.release(worker)
+        started = anyio.current_time()
+        done = await self._answer(worker, job)
+        if done:
+            self._backoff = 0.0
+            return True
+        holders = [reader for reader in self._readers.workers if reader.reading]
+        if done is False and anyio.current_time() - started >= self._reset_timeout:
+            self._give_up(holders)
         else:
-            return _SKIPPED
+            # Busy at once, or failed: readers the pool cannot see (another process's).
+            self._backoff = min(max(self._backoff * 2, RESET_BACKOFF), IDLE_INTERVAL)
+            self._retry_at = anyio.current_time() + self._backoff
+        return False
+
+    def _give_up(self, holders: list[Worker]) -> None:
+        self._outlasted = {worker: worker.reads for worker in holders}
+        self._state.reset_timeouts += 1
+        size = _wal_size(self._state) or 0
+        readers = self._readers
+        logger.warning(
+            "pool %r: a read transaction kept the WAL from being reset for more than %g s "
+            "(wal_reset_timeout), held by %s; the WAL (%.1f MiB) grows until it ends. No "
+            "reader is stopped",
+            self._pool_name,
+            self._reset_timeout,
+            "; ".join(readers.describe_holder(worker) for worker in holders)
+            or "a reader of another process",
+            size / (1024 * 1024),
+        )
+
+    async def _answer(self, worker: Worker, job: Job) -> object:
+        """The job's result (True for a job returning None); None (logged) if it failed
+        with an SQLite error."""
         await self._bridge.wait(worker, job)
         error = job.error
         if error is not None:
@@ -312,5 +342,4 @@ class Housekeeper:
                 raise error
             logger.warning("pool %r: housekeeping checkpoint failed: %s", self._pool_name, error)
             return None
-        outcome: str = job.result
-        return outcome
+        return True if job.result is None else job.result

@@ -349,6 +349,13 @@ class Lane:
             self.waiting -= 1
             self._bridge.resume(waiter)
 
+    def describe_holder(self, worker: Worker) -> str:
+        """Who holds ``worker``: a checkout and where it was taken, or a statement."""
+        borrower = self._borrowers.get(worker)
+        if borrower is not None:
+            return f"{worker.role} ({borrower.describe()})"
+        return f"{worker.role} (a single statement, pool.fetch...(), still running)"
+
     def _refusal(self, what: str) -> PoolError:
         error = self._closed_error
         if error is not None:

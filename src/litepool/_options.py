@@ -68,6 +68,7 @@ class PoolOptions:
     detect_types: int = 0
     wal_max_bytes: int | None = None
     leak_timeout: float | None = None
+    wal_reset_timeout: float | None = 2.0
     max_lifetime: float | None = None
     max_idle: float | None = None
     check: bool = False
@@ -150,6 +151,7 @@ def make_options(
     detect_types: object = 0,
     wal_max_bytes: object = None,
     leak_timeout: object = None,
+    wal_reset_timeout: object = 2.0,
     max_lifetime: object = None,
     max_idle: object = None,
     check: object = False,
@@ -213,6 +215,7 @@ def make_options(
         if wal_max_bytes is None
         else check_int(wal_max_bytes, "wal_max_bytes", MIN_WAL_MAX_BYTES),
         leak_timeout=_check_positive(leak_timeout, "leak_timeout"),
+        wal_reset_timeout=_check_positive(wal_reset_timeout, "wal_reset_timeout"),
         max_lifetime=_check_positive(max_lifetime, "max_lifetime"),
         max_idle=_check_positive(max_idle, "max_idle"),
         check=check,

@@ -41,6 +41,7 @@ from ._errors import DatabaseLost, PoolClosed, PoolForked, TransactionAborted
 from ._file import DatabaseFile
 from ._housekeeping import (
     DEFAULT_WAL_MAX_BYTES,
+    DEFAULT_WAL_RESET_TIMEOUT,
     CheckpointResult,
     Housekeeper,
     WalState,
@@ -96,6 +97,7 @@ def open_pool(
     cached_statements: int = 128,
     detect_types: int = 0,
     wal_max_bytes: int | None = DEFAULT_WAL_MAX_BYTES,
+    wal_reset_timeout: float | None = DEFAULT_WAL_RESET_TIMEOUT,
     leak_timeout: float | None = None,
     max_lifetime: float | None = DEFAULT_MAX_LIFETIME,
     max_idle: float | None = None,
@@ -128,9 +130,16 @@ def open_pool(
         whole process, as are the adapters of :func:`sqlite3.register_adapter`). ``0``
         (the default) converts nothing.
     :param wal_max_bytes: the size, in bytes, that the pool's housekeeper keeps the WAL
-        file under, with checkpoints after writes that escalate as the WAL grows (see
-        :meth:`Pool.checkpoint` and the operations guide). ``None`` turns housekeeping
-        off, leaving checkpoints to SQLite's own automatic ones. At least 64 KiB.
+        file under: past half of it, the housekeeper resets the WAL, taking its turn on
+        the writer and waiting for the read transactions that began before it to end
+        (see the operations guide). ``None`` turns housekeeping off, leaving
+        checkpoints to SQLite's own automatic ones. At least 64 KiB.
+    :param wal_reset_timeout: the longest, in seconds, a WAL reset keeps the writer
+        while it waits for read transactions that began before it (readers that begin
+        meanwhile do not hold it up). A read transaction that outlasts it makes the reset
+        give up (no reader is ever stopped): a warning names who holds it,
+        ``statistics().wal_reset_timeouts`` counts it, and the WAL grows until it ends.
+        ``None`` waits as long as it takes.
     :param leak_timeout: seconds after which a checkout still held is logged as a
         possible leak on the ``litepool`` logger, with its task's name and the stack
         where it was checked out (logged again when it comes back). ``None`` (the
@@ -167,6 +176,7 @@ def open_pool(
         detect_types=detect_types,
         wal_max_bytes=wal_max_bytes,
         leak_timeout=leak_timeout,
+        wal_reset_timeout=wal_reset_timeout,
         max_lifetime=max_lifetime,
         max_idle=max_idle,
         check=check,
@@ -489,6 +499,7 @@ class Pool:
             connections_failed=self._failed,
             checkpoints=wal.checkpoints,
             checkpoints_busy=wal.busy,
+            wal_reset_timeouts=wal.reset_timeouts,
             checkpoint_mode=wal.mode,
             wal_bytes=wal.wal_bytes,
             wal_bytes_peak=wal.peak,
@@ -521,6 +532,9 @@ class Pool:
             # The writer first: it creates the database and switches it to WAL, which a
             # read-only connection cannot do. Then the readers, all at once.
             await self._start_workers(task_group, bridge, [writer])
+            transactions = writer.transactions
+            assert transactions is not None
+            self._wal.resolve(self._file.path, transactions.wal)
             await self._start_workers(task_group, bridge, readers)
         except BaseException as exc:
             self._state = _State.CLOSED
@@ -544,7 +558,13 @@ class Pool:
         task_group.start_soon(upkeep.run, name=f"litepool[{self.name}] upkeep")
         if options.wal_max_bytes is not None:
             housekeeper = self._housekeeper = Housekeeper(
-                self.name, write_lane, bridge, self._wal, options.wal_max_bytes
+                self.name,
+                write_lane,
+                read_lane,
+                bridge,
+                self._wal,
+                options.wal_max_bytes,
+                options.wal_reset_timeout,
             )
             task_group.start_soon(housekeeper.run, name=f"litepool[{self.name}] housekeeper")
         if options.leak_timeout is not None:

@@ -121,6 +121,9 @@ class PoolStatistics:
     checkpoints_busy: int
     """Those of them that could not finish (SQLite reported them busy: a reader still
     used the part of the WAL they needed); the housekeeper tries again later."""
+    wal_reset_timeouts: int
+    """WAL resets given up because a read transaction outlasted ``wal_reset_timeout``
+    (see the operations guide); each is also logged, naming who held it."""
     checkpoint_mode: str | None
     """The mode of the last checkpoint (``"PASSIVE"``, ``"FULL"``, ``"RESTART"`` or
     ``"TRUNCATE"``), or None if none has run."""

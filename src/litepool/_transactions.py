@@ -130,6 +130,11 @@ class Transactions:
         return None if row is None else row[0]
 
     @property
+    def wal(self) -> bool:
+        """Whether the database was in WAL mode when the writer opened."""
+        return self._sliced
+
+    @property
     def busy_ms(self) -> int:
         """The ``busy_timeout`` the pool was configured with, in milliseconds."""
         return self._busy_ms

@@ -160,6 +160,8 @@ class Worker:
         "progress",
         "queued",
         "ran",
+        "reading",
+        "reads",
         "retiring",
         "role",
         "rollbacks",
@@ -192,6 +194,8 @@ class Worker:
     expires: float
     pending: set[Job]
     transactions: Transactions | None
+    reading: bool
+    reads: int
 
     def __init__(
         self,
@@ -230,6 +234,11 @@ class Worker:
         self.conn: sqlite3.Connection | None = None
         #: The writer's managed transactions (thread side); None on readers.
         self.transactions = None
+        #: Readers, thread side: whether a read transaction is open on the connection
+        #: (a statement runs, a cursor of iterate() is open, or an explicit BEGIN), and
+        #: how many have begun: what keeps the WAL from being reset, and who.
+        self.reading = False
+        self.reads = 0
         # Why calls are refused once the worker is stopping (None: the pool closed).
         self._refusal: PoolError | None = None
         #: Shared with the other connections of its lane once it joins one.
@@ -431,6 +440,12 @@ class Worker:
         if job.cancelled:
             job.error = _SKIPPED
             return
+        # On a reader, a job that may begin a read transaction (cleanup jobs, which are
+        # not interruptible, never do) marks the connection reading until it ends.
+        tracked = self.transactions is None and job.interruptible
+        if tracked and not self.reading:
+            self.reading = True
+            self.reads += 1
         lock = self._lock
         with lock:
             self._current = job
@@ -452,6 +467,10 @@ class Worker:
             with lock:
                 self._current = None
             self.cost.add(perf_counter() - started)
+            if self.reading and not self.cursors:
+                conn = self.conn
+                if conn is None or not conn.in_transaction:
+                    self.reading = False
 
     def open(self) -> None:
         """Job: open the connection. Queued first; if it fails the thread returns."""

@@ -136,6 +136,11 @@ _POOL_COUNTERS: Final[tuple[_PoolValue, ...]] = (
         "reader still used the part of the WAL they needed.",
         lambda stats: stats.checkpoints_busy,
     ),
+    (
+        "wal_reset_timeouts",
+        "WAL resets given up because a read transaction outlasted wal_reset_timeout.",
+        lambda stats: stats.wal_reset_timeouts,
+    ),
 )
 
 # Gauges of the whole pool; a value of None (no checkpoint yet) exports no sample.
