@@ -289,6 +289,93 @@ async def test_filling_up_loses_no_block_that_returned(db_path: str) -> None:
         raw.close()
 
 
+async def test_filling_up_under_many_writers_and_wal_resets_loses_nothing(db_path: str) -> None:
+    """The database fills up while twelve tasks write at once (blocks and single
+    statements), readers read, and the housekeeper keeps resetting a small WAL: every
+    write that returned is there, none that raised is, readers never fail, and the pool
+    writes again once there is room."""
+    async with litepool.open_pool(
+        db_path,
+        readers=2,
+        wal_max_bytes=64 * 1024,
+        pragmas={"max_page_count": 60, "page_size": 4096},
+    ) as pool:
+        async with pool.connection() as conn:
+            await conn.execute("CREATE TABLE t (id INTEGER PRIMARY KEY, v)")
+        returned: set[int] = set()
+        errors: list[str] = []
+        full = 0
+        stop = anyio.Event()
+        next_id = 0
+
+        def new_id() -> int:
+            nonlocal next_id
+            next_id += 1
+            return next_id
+
+        async def block_writer() -> None:
+            nonlocal full
+            while not stop.is_set():
+                ids = (new_id(), new_id())
+                try:
+                    async with pool.write() as conn:
+                        for i in ids:
+                            await conn.execute("INSERT INTO t VALUES (?, zeroblob(1500))", (i,))
+                except sqlite3.OperationalError as exc:
+                    if exc.sqlite_errorname != "SQLITE_FULL":
+                        errors.append(repr(exc))
+                    full += 1
+                    if full >= 40:
+                        stop.set()
+                else:
+                    returned.update(ids)
+
+        async def statement_writer() -> None:
+            nonlocal full
+            while not stop.is_set():
+                i = new_id()
+                try:
+                    await pool.execute("INSERT INTO t VALUES (?, zeroblob(1500))", (i,))
+                except sqlite3.OperationalError as exc:
+                    if exc.sqlite_errorname != "SQLITE_FULL":
+                        errors.append(repr(exc))
+                    full += 1
+                    if full >= 40:
+                        stop.set()
+                else:
+                    returned.add(i)
+
+        async def reader() -> None:
+            while not stop.is_set():
+                try:
+                    await pool.fetchval("SELECT count(*) FROM t")
+                except Exception as exc:  # no reader may fail
+                    errors.append(repr(exc))
+
+        with anyio.fail_after(30):
+            async with anyio.create_task_group() as tg:
+                for _ in range(8):
+                    tg.start_soon(block_writer)
+                for _ in range(4):
+                    tg.start_soon(statement_writer)
+                for _ in range(2):
+                    tg.start_soon(reader)
+        assert errors == []
+        assert returned, "nothing fitted"
+        async with pool.read() as conn:
+            assert {row[0] for row in await conn.fetchall("SELECT id FROM t")} == returned
+        # Room again: the pool writes.
+        await pool.execute("DELETE FROM t WHERE id IN (SELECT id FROM t LIMIT 10)")
+        await pool.execute("INSERT INTO t VALUES (0, 'after')")
+        assert_all_idle(pool)
+    raw = sqlite3.connect(db_path)
+    try:
+        assert raw.execute("PRAGMA integrity_check").fetchone() == ("ok",)
+        assert raw.execute("SELECT v FROM t WHERE id = 0").fetchone() == ("after",)
+    finally:
+        raw.close()
+
+
 @pytest.mark.parametrize("cause", ["disk full", "INSERT OR ROLLBACK"])
 async def test_caught_error_that_ended_the_transaction_commits_no_part_of_it(
     db_path: str, cause: str
