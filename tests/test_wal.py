@@ -191,7 +191,7 @@ async def test_housekeeper_checkpoints_when_writes_pause(db_path: str) -> None:
     assert wal_size(db_path) == 0
 
 
-async def test_housekeeper_escalates_past_half_the_bound(db_path: str) -> None:
+async def test_housekeeper_resets_the_wal_past_the_bound(db_path: str) -> None:
     bound = 256 * 1024
     async with litepool.open_pool(db_path, readers=1, wal_max_bytes=bound) as pool:
         await pool.execute("CREATE TABLE t (x)")

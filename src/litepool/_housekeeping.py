@@ -20,11 +20,11 @@ while writes come in (backing off to :data:`IDLE_INTERVAL` while none do) it com
 the write lane's counters with what it saw last time, which costs the hot paths
 nothing, and looks at the size of the WAL file (one ``stat``). Then:
 
-- **while the file is under half of** ``wal_max_bytes``, it leaves it to SQLite's
+- **while the file is under three quarters of** ``wal_max_bytes``, it leaves it to SQLite's
   automatic checkpoints, and **when the writes pause** it queues a PASSIVE checkpoint on
   the writer if it is free (one that never waits for anybody), so that the log left by
   a burst of writes is copied while readers are quiet;
-- **past half of** ``wal_max_bytes`` it **resets the WAL**: it queues for the writer,
+- **past three quarters of** ``wal_max_bytes`` it **resets the WAL**: it queues for the writer,
   first come, first served like any writer (so a writer that never pauses cannot keep it
   out), and runs a TRUNCATE checkpoint that waits up to ``wal_reset_timeout`` for the
   older read transactions, in slices, giving way at once if the pool closes. Writers
@@ -243,7 +243,8 @@ class Housekeeper:
     async def _loop(self) -> None:
         lane = self._lane
         state = self._state
-        half = self._max_bytes // 2
+        # Past this the WAL is reset; it may grow by what is written before the next look.
+        threshold = self._max_bytes * 3 // 4
         seen = lane.checkouts + lane.statements
         pending = False  # writes since the last checkpoint
         interval = BUSY_INTERVAL
@@ -261,7 +262,7 @@ class Housekeeper:
             size = _wal_size(state)
             if size is None:
                 return  # not in WAL mode: nothing to keep
-            if size > half and self._may_reset():
+            if size > threshold and self._may_reset():
                 if await self._reset():
                     pending = False
                 continue

@@ -130,7 +130,7 @@ def open_pool(
         whole process, as are the adapters of :func:`sqlite3.register_adapter`). ``0``
         (the default) converts nothing.
     :param wal_max_bytes: the size, in bytes, that the pool's housekeeper keeps the WAL
-        file under: past half of it, the housekeeper resets the WAL, taking its turn on
+        file under: past three quarters of it, the housekeeper resets the WAL, taking its turn on
         the writer and waiting for the read transactions that began before it to end
         (see the operations guide). ``None`` turns housekeeping off, leaving
         checkpoints to SQLite's own automatic ones. At least 64 KiB.
