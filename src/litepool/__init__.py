@@ -10,7 +10,7 @@ owned by a task group that the pool's ``async with`` block opens::
             await conn.execute("UPDATE users SET name = ? WHERE id = ?", ("Ada", 1))
 """
 
-from ._connection import Connection, ExecuteResult, Rows
+from ._connection import Connection, Rows
 from ._errors import (
     ConnectionLost,
     ConnectionReleased,
@@ -23,11 +23,12 @@ from ._errors import (
     TransactionAborted,
     WouldDeadlock,
 )
-from ._housekeeping import CheckpointResult
 from ._options import DEFAULT_PRAGMAS
 from ._pool import Checkout, Pool, open_pool
 from ._rows import AmbiguousColumn, Row, dict_row
+from ._statements import ExecuteResult
 from ._stats import HISTOGRAM_BOUNDS, Histogram, LaneStatistics, PoolStatistics
+from ._wal import CheckpointResult
 from .aiosqlitepool import SQLiteConnectionPool
 
 __version__ = "0.1.0.dev0"

@@ -8,7 +8,6 @@ are fetched and its cursor is closed in the same job, so no statement is left ha
 from __future__ import annotations
 
 import functools
-import sqlite3
 from collections import deque
 from collections.abc import (
     AsyncIterator,
@@ -16,16 +15,30 @@ from collections.abc import (
     Coroutine,
     Generator,
     Iterable,
-    Mapping,
-    Sequence,
 )
-from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Final, ParamSpec, TypeVar
 
 from ._errors import ConnectionReleased, PoolError, PoolForked, TransactionAborted
 from ._fork import inherited
 from ._interrupt import protected
-from ._script import split_script
+from ._statements import (
+    ExecuteResult,
+    Params,
+    begin_then,
+    caller_block_then,
+    commit_job,
+    execute_job,
+    executemany_job,
+    fetchall_job,
+    fetchone_job,
+    fetchval_job,
+    iter_close,
+    iter_next,
+    iter_open,
+    rollback_job,
+    run_user,
+    script_job,
+)
 from ._worker import Job, Worker
 
 if TYPE_CHECKING:
@@ -34,281 +47,14 @@ if TYPE_CHECKING:
 T = TypeVar("T")
 P = ParamSpec("P")
 
-Params = Sequence[Any] | Mapping[str, Any]
-
 READ: Final = "read"
 WRITE: Final = "write"
 CONNECTION: Final = "connection"
 
 
-@dataclass(frozen=True, slots=True)
-class ExecuteResult:
-    """What a statement run by ``execute`` or ``executemany`` reports: the rows changed,
-    the last rowid inserted, and the rows it returned (a ``RETURNING`` clause's)."""
-
-    rowcount: int
-    """Rows changed by the statement (``-1`` where SQLite does not say, as for a
-    ``SELECT``)."""
-    lastrowid: int | None
-    """The rowid of the last row inserted on the connection, if any."""
-    rows: list[Any] = field(default_factory=list)
-    """The rows the statement returned, made by the pool's row factory: those of an
-    ``INSERT``, ``UPDATE`` or ``DELETE ... RETURNING`` (of every parameter set, in order,
-    for ``executemany``), or of a query. Empty for a statement that returns none."""
-
-    if not TYPE_CHECKING:
-        # Habits from aiosqlite and the DB-API, where execute() returns a cursor. Only at
-        # run time: type checkers should report these as the errors they are.
-
-        def __getattr__(self, name: str) -> Any:
-            if name in _CURSOR_MEMBERS:
-                raise AttributeError(
-                    f"ExecuteResult has no {name!r}: execute() returns its result, not a "
-                    "cursor, and has already fetched any rows into result.rows. For a "
-                    "query, write 'row = await conn.fetchone(sql, params)' (or fetchall, "
-                    "fetchval, or 'async for row in conn.iterate(sql, params)')",
-                    name=name,
-                    obj=self,
-                )
-            raise AttributeError(
-                f"'ExecuteResult' object has no attribute {name!r}", name=name, obj=self
-            )
-
-        def __aiter__(self) -> Any:
-            raise TypeError(
-                "an ExecuteResult is not iterated with 'async for': its rows are already "
-                "in result.rows ('for row in result.rows'); to stream a query's rows, "
-                "write 'async for row in conn.iterate(sql, params)'"
-            )
-
-        def __iter__(self) -> Any:
-            raise TypeError(
-                "an ExecuteResult is not iterable: its rows are in result.rows, its "
-                "counts in result.rowcount and result.lastrowid"
-            )
-
-
-#: What a DB-API or aiosqlite cursor has and an :class:`ExecuteResult` has not.
-_CURSOR_MEMBERS: Final = frozenset(
-    {"fetchone", "fetchall", "fetchmany", "close", "description", "arraysize", "execute",
-     "executemany", "executescript", "setinputsizes", "setoutputsize", "connection"}
-)  # fmt: skip
-
-
-# -- job functions: run on the worker thread, first argument is the worker ----------
-
-
-# Every job closes its cursor in ``finally``: a cursor left to the garbage collector may
-# be finalized on another thread, which then waits for this connection's lock (held for
-# as long as its next statement runs) and keeps the statement's snapshot meanwhile.
-
-
-def execute_job(worker: Worker, sql: str, params: Params) -> ExecuteResult:
-    cursor = worker.conn.cursor()  # type: ignore[union-attr]
-    try:
-        cursor.execute(sql, params)
-        if cursor.description is None:
-            return ExecuteResult(cursor.rowcount, cursor.lastrowid, [])
-        # A RETURNING clause (or a query): its rows, and the rowcount, which sqlite3
-        # knows only once the statement has run to its end.
-        rows = cursor.fetchall()
-        return ExecuteResult(cursor.rowcount, cursor.lastrowid, rows)
-    except sqlite3.OperationalError as exc:
-        _refused_write(worker, exc)
-        raise
-    finally:
-        cursor.close()
-
-
-def executemany_job(worker: Worker, sql: str, seq: Iterable[Params]) -> ExecuteResult:
-    cursor = worker.conn.cursor()  # type: ignore[union-attr]
-    try:
-        if "returning" not in sql.lower():
-            cursor.executemany(sql, seq)
-            return ExecuteResult(cursor.rowcount, cursor.lastrowid, [])
-        # sqlite3's executemany() drops the rows of a RETURNING clause and reports a
-        # rowcount of 0; run the parameter sets one by one to keep both. (A statement
-        # that only mentions the word takes this path too, with the same result.)
-        rows: list[Any] = []
-        rowcount = 0
-        for params in seq:
-            cursor.execute(sql, params)
-            rows += cursor.fetchall()
-            if cursor.rowcount > 0:
-                rowcount += cursor.rowcount
-        return ExecuteResult(rowcount, cursor.lastrowid, rows)
-    except sqlite3.OperationalError as exc:
-        _refused_write(worker, exc)
-        raise
-    finally:
-        cursor.close()
-
-
-def _executescript(worker: Worker, script: str) -> None:
-    # sqlite3's executescript() commits a pending transaction first, which would end
-    # pool.write()'s transaction behind its back; run the statements one by one instead.
-    cursor = worker.conn.cursor()  # type: ignore[union-attr]
-    try:
-        for statement in split_script(script):
-            if worker.current_cancelled():
-                # Between two statements nothing runs for interrupt() to stop.
-                raise sqlite3.OperationalError("interrupted")
-            cursor.execute(statement)
-    except sqlite3.OperationalError as exc:
-        _refused_write(worker, exc)
-        raise
-    finally:
-        cursor.close()
-
-
-def fetchone_job(worker: Worker, sql: str, params: Params) -> Any:
-    cursor = worker.conn.cursor()  # type: ignore[union-attr]
-    try:
-        return cursor.execute(sql, params).fetchone()
-    except sqlite3.OperationalError as exc:
-        _refused_write(worker, exc)
-        raise
-    finally:
-        cursor.close()
-
-
-def fetchall_job(worker: Worker, sql: str, params: Params) -> list[Any]:
-    cursor = worker.conn.cursor()  # type: ignore[union-attr]
-    try:
-        return cursor.execute(sql, params).fetchall()
-    except sqlite3.OperationalError as exc:
-        _refused_write(worker, exc)
-        raise
-    finally:
-        cursor.close()
-
-
-def fetchval_job(worker: Worker, sql: str, params: Params) -> Any:
-    cursor = worker.conn.cursor()  # type: ignore[union-attr]
-    try:
-        cursor.row_factory = None  # the first column, whatever the pool's row factory
-        row = cursor.execute(sql, params).fetchone()
-    except sqlite3.OperationalError as exc:
-        _refused_write(worker, exc)
-        raise
-    finally:
-        cursor.close()
-    return None if row is None else row[0]
-
-
-def _refused_write(worker: Worker, error: sqlite3.OperationalError) -> None:
-    """Raise instead of ``error`` an error that says where the statement should have gone,
-    if it is a write that a reader refused; else return (the caller re-raises ``error``).
-
-    The new error is an :class:`sqlite3.OperationalError` too, with the same SQLite
-    error code and the message of ``error`` first, caused by ``error``: code that
-    catches the original keeps catching it.
-    """
-    # Errors of the sqlite3 module itself (a text that is not UTF-8) carry no code.
-    code = getattr(error, "sqlite_errorcode", None)
-    if worker.role == "writer" or code != sqlite3.SQLITE_READONLY:
-        return
-    hinted = sqlite3.OperationalError(
-        f"{error} (readers are read-only: pool.fetchone(), fetchall(), fetchval() and "
-        "pool.read() run on them. Run a statement that writes with pool.execute(), "
-        "whose result holds the rows of a RETURNING clause in .rows, or inside "
-        "pool.write())"
-    )
-    hinted.sqlite_errorcode = code
-    hinted.sqlite_errorname = error.sqlite_errorname
-    raise hinted from error
-
-
-def _iter_open(worker: Worker, key: int, sql: str, params: Params, size: int) -> list[Any]:
-    cursor = worker.cursors[key] = worker.conn.cursor()  # type: ignore[union-attr]
-    try:
-        cursor.execute(sql, params)
-    except BaseException as exc:
-        _iter_close(worker, key)
-        if isinstance(exc, sqlite3.OperationalError):
-            _refused_write(worker, exc)
-        raise
-    return _iter_next(worker, key, size)
-
-
-def _iter_next(worker: Worker, key: int, size: int) -> list[Any]:
-    cursor = worker.cursors[key]
-    try:
-        rows = cursor.fetchmany(size)
-    except BaseException:
-        _iter_close(worker, key)
-        raise
-    if len(rows) < size:
-        _iter_close(worker, key)
-    return rows
-
-
-def _iter_close(worker: Worker, key: int) -> None:
-    cursor = worker.cursors.pop(key, None)
-    if cursor is not None:
-        cursor.close()
-
-
-def in_transaction(
-    worker: Worker, timeout: float | None, fn: Callable[..., Any], args: tuple[Any, ...]
-) -> Any:
-    """``fn`` inside BEGIN IMMEDIATE ... COMMIT, rolled back if anything fails; waits
-    up to ``timeout`` seconds for the write lock (see :mod:`._transactions`)."""
-    conn = worker.conn
+def _begin_failed(worker: Worker) -> bool:
     transactions = worker.transactions
-    assert conn is not None
-    assert transactions is not None
-    transactions.begin(timeout, worker.current_cancelled)
-    try:
-        result = fn(worker, *args)
-        if worker.current_cancelled():
-            # The statement finished before the interrupt reached it; its caller is gone,
-            # so do not commit what it can no longer be told about.
-            raise sqlite3.OperationalError("interrupted")
-        transactions.commit()
-    except BaseException:
-        if conn.in_transaction:
-            worker.rollbacks += 1
-            transactions.rollback()
-        raise
-    finally:
-        transactions.end()
-    return result
-
-
-def _run_user(worker: Worker, fn: Callable[..., Any], args: tuple[Any, ...]) -> Any:
-    return fn(worker.conn, *args)
-
-
-def _begin_then(
-    worker: Worker, timeout: float | None, fn: Callable[..., Any], args: tuple[Any, ...]
-) -> Any:
-    # BEGIN IMMEDIATE rides with the transaction's first statement: one round trip saved.
-    # IMMEDIATE takes the write lock now, so a read-modify-write cannot lose an update and
-    # a conflict waits for the lock instead of failing with SQLITE_BUSY_SNAPSHOT.
-    transactions = worker.transactions
-    assert transactions is not None
-    worker.begin_failed = True
-    transactions.begin(timeout, worker.current_cancelled)
-    worker.begin_failed = False
-    return fn(worker, *args)
-
-
-def _caller_busy_then(worker: Worker, fn: Callable[..., Any], args: tuple[Any, ...]) -> Any:
-    # A pool.connection() block manages its own transactions: its statements wait for
-    # locks for the configured busy_timeout, restored by the reset at the block's end.
-    transactions = worker.transactions
-    assert transactions is not None
-    transactions.begin_caller_block()
-    return fn(worker, *args)
-
-
-def _commit(worker: Worker) -> None:
-    worker.conn.commit()  # type: ignore[union-attr]
-
-
-def _rollback(worker: Worker) -> None:
-    worker.conn.rollback()  # type: ignore[union-attr]
+    return transactions is not None and transactions.begin_failed
 
 
 def check_sql(sql: object, params: object) -> None:
@@ -490,9 +236,9 @@ class Connection:
         if began:
             self._begin_pending = False
             if self._kind == WRITE:
-                job = Job(_begin_then, (self._timeout, fn, args))
+                job = Job(begin_then, (self._timeout, fn, args))
             else:
-                job = Job(_caller_busy_then, (fn, args), interruptible)
+                job = Job(caller_block_then, (fn, args), interruptible)
         else:
             job = Job(fn, args, interruptible)
         self._inflight += 1
@@ -515,7 +261,7 @@ class Connection:
         error = job.error
         if error is not None:
             job.error = None
-            if began and self._kind == WRITE and worker.begin_failed:
+            if began and self._kind == WRITE and _begin_failed(worker):
                 # BEGIN itself failed (another process held the lock past the timeout):
                 # nothing has run, so the next call may simply try again.
                 self._begin_pending = True
@@ -576,7 +322,7 @@ class Connection:
         If a statement fails, the statements before it have run and the error is raised.
         """
         check_sql(script, ())
-        await self._call(_executescript, script)
+        await self._call(script_job, script)
 
     async def fetchone(self, sql: str, params: Params = ()) -> Any:
         """The first row of the result, or None."""
@@ -617,18 +363,18 @@ class Connection:
         """
         if not callable(fn):
             raise TypeError(f"run_sync() needs a callable, not {fn!r}")
-        result: T = await self._call(_run_user, fn, args)
+        result: T = await self._call(run_user, fn, args)
         return result
 
     async def commit(self) -> None:
         """Commit the open transaction (only on :meth:`Pool.connection` handles)."""
         self._check_manual("commit")
-        await self._call(_commit, interruptible=False)
+        await self._call(commit_job, interruptible=False)
 
     async def rollback(self) -> None:
         """Roll back the open transaction (only on :meth:`Pool.connection` handles)."""
         self._check_manual("rollback")
-        await self._call(_rollback, interruptible=False)
+        await self._call(rollback_job, interruptible=False)
 
     def _check_manual(self, what: str) -> None:
         if self._kind != CONNECTION:
@@ -668,9 +414,9 @@ class Rows(AsyncIterator[Any]):
             if not self._open:
                 self._open = True
                 conn._iterators += 1
-                rows = await conn._call(_iter_open, key, self._sql, self._params, self._size)
+                rows = await conn._call(iter_open, key, self._sql, self._params, self._size)
             else:
-                rows = await conn._call(_iter_next, key, self._size)
+                rows = await conn._call(iter_next, key, self._size)
         except BaseException:
             # Whatever the worker left open is closed when the connection is returned.
             self._finish()
@@ -694,4 +440,4 @@ class Rows(AsyncIterator[Any]):
         self._buffer.clear()
         self._finish()
         if was_open and not self._conn.released:
-            await self._conn._call(_iter_close, id(self), interruptible=False)
+            await self._conn._call(iter_close, id(self), interruptible=False)

@@ -97,3 +97,27 @@ class DatabaseLost(PoolError):
     the next write transaction), and never creates a new, empty database in its place.
     Leave the pool's block and open a new pool.
     """
+
+
+def hint_read_only(error: BaseException) -> BaseException:
+    """``error`` as a reader's caller should see it: a write that a read-only reader
+    refused also says which call to use instead.
+
+    The new error is an :class:`sqlite3.OperationalError` too, with the same SQLite
+    error code and the message of ``error`` first, caused by ``error``: code that
+    catches the original keeps catching it.
+    """
+    # Errors of the sqlite3 module itself (a text that is not UTF-8) carry no code.
+    code = getattr(error, "sqlite_errorcode", None)
+    if code != sqlite3.SQLITE_READONLY or not isinstance(error, sqlite3.OperationalError):
+        return error
+    hinted = sqlite3.OperationalError(
+        f"{error} (readers are read-only: pool.fetchone(), fetchall(), fetchval() and "
+        "pool.read() run on them. Run a statement that writes with pool.execute(), "
+        "whose result holds the rows of a RETURNING clause in .rows, or inside "
+        "pool.write())"
+    )
+    hinted.sqlite_errorcode = code
+    hinted.sqlite_errorname = error.sqlite_errorname
+    hinted.__cause__ = error
+    return hinted

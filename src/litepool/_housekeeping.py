@@ -41,13 +41,15 @@ from __future__ import annotations
 
 import logging
 import math
-import os
 import sqlite3
-from typing import TYPE_CHECKING, Final, NamedTuple
+import time
+from typing import TYPE_CHECKING, Final
 
 import anyio
 
 from ._errors import PoolClosed
+from ._statements import passive_job, wal_reset_job
+from ._wal import WalState
 from ._worker import Job, Worker
 
 if TYPE_CHECKING:
@@ -56,9 +58,6 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger("litepool")
 
-#: The checkpoint modes of ``PRAGMA wal_checkpoint``, mildest first.
-CHECKPOINT_MODES: Final = ("PASSIVE", "FULL", "RESTART", "TRUNCATE")
-
 #: ``open_pool(wal_max_bytes=...)``'s default.
 DEFAULT_WAL_MAX_BYTES: Final = 64 * 1024 * 1024
 
@@ -66,131 +65,19 @@ DEFAULT_WAL_MAX_BYTES: Final = 64 * 1024 * 1024
 #: interval doubles, up to :data:`IDLE_INTERVAL`, while nothing is written.
 BUSY_INTERVAL: Final = 0.02
 IDLE_INTERVAL: Final = 1.0
+#: ... and this often once the WAL file has passed half of ``wal_max_bytes``.
+CLOSE_INTERVAL: Final = 0.005
 
 #: ``open_pool(wal_reset_timeout=...)``'s default: the longest a WAL reset keeps the
 #: writer while it waits for read transactions that began before it.
 DEFAULT_WAL_RESET_TIMEOUT: Final = 2.0
 
+#: While a reset waits, the housekeeper looks at the readers this often (seconds).
+WATCH_INTERVAL: Final = 0.05
+
 #: After a reset gave up on readers the pool cannot see (another process's), the next one
 #: waits this long (doubling up to :data:`IDLE_INTERVAL` while it keeps failing).
 RESET_BACKOFF: Final = 0.05
-
-
-class CheckpointResult(NamedTuple):
-    """What ``PRAGMA wal_checkpoint`` reports; returned by :meth:`Pool.checkpoint`."""
-
-    busy: bool
-    """True if the checkpoint could not finish: a reader or writer held it back."""
-    log: int
-    """Frames in the WAL after the checkpoint (``-1`` if the database is not in WAL
-    mode)."""
-    checkpointed: int
-    """Frames of the WAL copied into the database (``-1`` if not in WAL mode)."""
-
-
-class WalState:
-    """Checkpoint figures; written on the writer's thread only, read on the loop."""
-
-    __slots__ = (
-        "busy",
-        "checkpoints",
-        "mode",
-        "peak",
-        "reset_timeouts",
-        "wal_bytes",
-        "wal_path",
-    )
-
-    def __init__(self) -> None:
-        self.checkpoints = 0
-        self.busy = 0
-        self.mode: str | None = None
-        self.wal_bytes: int | None = None
-        self.peak: int | None = None
-        #: Loop side: WAL resets given up because a read transaction outlasted them.
-        self.reset_timeouts = 0
-        #: Set when the writer has opened: None if the database is not in WAL mode.
-        self.wal_path: str | None = None
-
-    def resolve(self, database_path: str | None, wal: bool) -> None:
-        """The writer has opened ``database_path`` (None: in memory), in WAL mode or not."""
-        self.wal_path = None if database_path is None or not wal else database_path + "-wal"
-
-
-def check_mode(mode: object) -> str:
-    if not isinstance(mode, str) or mode.upper() not in CHECKPOINT_MODES:
-        raise ValueError(f"mode must be one of {', '.join(CHECKPOINT_MODES)}, got {mode!r}")
-    return mode.upper()
-
-
-# -- job functions: run on the writer's thread ------------------------------------------
-
-
-def _wal_size(state: WalState) -> int | None:
-    if state.wal_path is None:
-        return None
-    try:
-        return os.stat(state.wal_path).st_size
-    except FileNotFoundError:
-        return 0
-
-
-def _run_checkpoint(worker: Worker, mode: str, state: WalState, limit: float) -> CheckpointResult:
-    """One checkpoint in ``mode``, waiting for readers for up to ``limit`` seconds (and
-    no longer once its caller is cancelled)."""
-    transactions = worker.transactions
-    assert transactions is not None
-    busy, log, done = transactions.checkpoint(mode, limit, worker.current_cancelled)
-    result = CheckpointResult(bool(busy), log, done)
-    state.wal_bytes = _wal_size(state)
-    state.busy += result.busy
-    state.checkpoints += 1
-    state.mode = mode  # last: the loop may read these while the job runs
-    return result
-
-
-def checkpoint_job(worker: Worker, mode: str, state: WalState) -> CheckpointResult:
-    """Job: one checkpoint in ``mode``, as :meth:`Pool.checkpoint` asks for it."""
-    _note_size(state)
-    transactions = worker.transactions
-    assert transactions is not None
-    return _run_checkpoint(worker, mode, state, transactions.busy_ms / 1000)
-
-
-#: ``PRAGMA analysis_limit`` for the ``PRAGMA optimize`` run when the pool closes: it
-#: bounds the work each ANALYZE does, so that closing stays fast on a large database.
-OPTIMIZE_ANALYSIS_LIMIT: Final = 400
-
-
-def optimize_job(worker: Worker) -> None:
-    """Job, queued on the writer as the pool closes: ``PRAGMA optimize``, as SQLite
-    recommends before a long-lived connection closes. A failure is only logged."""
-    conn = worker.conn
-    assert conn is not None
-    try:
-        conn.execute(f"PRAGMA analysis_limit={OPTIMIZE_ANALYSIS_LIMIT}").fetchall()
-        conn.execute("PRAGMA optimize").fetchall()
-    except sqlite3.Error as exc:
-        logger.warning("%s: PRAGMA optimize failed: %s", worker.thread_name, exc)
-
-
-def passive_job(worker: Worker, state: WalState) -> None:
-    """Job: a PASSIVE checkpoint, which never waits for anybody."""
-    _note_size(state)
-    _run_checkpoint(worker, "PASSIVE", state, 0)
-
-
-def reset_job(worker: Worker, state: WalState, limit: float) -> bool:
-    """Job: a TRUNCATE checkpoint waiting up to ``limit`` seconds for older readers;
-    True if it reset the WAL."""
-    _note_size(state)
-    return not _run_checkpoint(worker, "TRUNCATE", state, limit).busy
-
-
-def _note_size(state: WalState) -> None:
-    size = _wal_size(state)
-    if size is not None and (state.peak is None or size > state.peak):
-        state.peak = size
 
 
 # -- the task ------------------------------------------------------------------------------
@@ -259,9 +146,11 @@ class Housekeeper:
             elif not pending:
                 interval = min(interval * 2, IDLE_INTERVAL)
                 continue
-            size = _wal_size(state)
+            size = state.size()
             if size is None:
                 return  # not in WAL mode: nothing to keep
+            if size > self._max_bytes // 2:
+                interval = CLOSE_INTERVAL  # nearing the threshold: look more often
             if size > threshold and self._may_reset():
                 if await self._reset():
                     pending = False
@@ -299,27 +188,51 @@ class Housekeeper:
         worker = await lane.acquire(None)
         # The next writer may queue behind the checkpoint right away: the checkpoint
         # keeps the writer's thread, which is what stops new writes while it waits.
-        job = Job(reset_job, (self._state, self._reset_timeout))
+        job = Job(wal_reset_job, (self._state, math.inf))
         worker.submit(job)
         lane.release(worker)
         started = anyio.current_time()
+        give_up, holders = False, list[Worker]()
+        try:
+            while not job.done:
+                await anyio.sleep(WATCH_INTERVAL)
+                give_up, holders = self._outlasted_by(anyio.current_time() - started)
+                if give_up and not job.done:
+                    worker.cancel(job)  # its wait ends within a slice
+                    break
+        except BaseException:
+            worker.cancel(job)  # the pool is closing: do not keep the writer
+            raise
         done = await self._answer(worker, job)
-        if done:
+        if done is True:
             self._backoff = 0.0
             return True
-        holders = [reader for reader in self._readers.workers if reader.reading]
-        if done is False and anyio.current_time() - started >= self._reset_timeout:
+        if give_up and holders:
             self._give_up(holders)
         else:
-            # Busy at once, or failed: readers the pool cannot see (another process's).
+            # Busy at once, failed, or held by readers the pool cannot see (another
+            # process's): try again after a back-off.
             self._backoff = min(max(self._backoff * 2, RESET_BACKOFF), IDLE_INTERVAL)
             self._retry_at = anyio.current_time() + self._backoff
         return False
 
+    def _outlasted_by(self, waited: float) -> tuple[bool, list[Worker]]:
+        """Whether the reset should give up after waiting ``waited`` seconds, and the
+        readers it would give up on: those whose read transaction has been open for
+        longer than ``wal_reset_timeout``. With none of this pool's readers reading, a
+        reset still waiting after that long waits for another process's."""
+        limit = self._reset_timeout
+        now = time.monotonic()
+        readers = self._readers.workers
+        holders = [r for r in readers if r.reading and now - r.read_since > limit]
+        if holders:
+            return True, holders
+        return waited > limit and not any(r.reading for r in readers), []
+
     def _give_up(self, holders: list[Worker]) -> None:
         self._outlasted = {worker: worker.reads for worker in holders}
         self._state.reset_timeouts += 1
-        size = _wal_size(self._state) or 0
+        size = self._state.size() or 0
         readers = self._readers
         logger.warning(
             "pool %r: a read transaction kept the WAL from being reset for more than %g s "

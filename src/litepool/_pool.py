@@ -19,36 +19,19 @@ import anyio.to_thread
 from anyio.abc import TaskGroup
 
 from . import _fork
-from ._backup import DEFAULT_BACKUP_PAGES, Progress, Target, backup, check_backup_args
+from ._backup import DEFAULT_BACKUP_PAGES, Target, check_backup_args
 from ._bridge import Bridge, current_bridge
 from ._connection import (
     CONNECTION,
     READ,
     WRITE,
     Connection,
-    ExecuteResult,
-    Params,
     check_params_seq,
     check_sql,
-    execute_job,
-    executemany_job,
-    fetchall_job,
-    fetchone_job,
-    fetchval_job,
-    in_transaction,
 )
 from ._errors import DatabaseLost, PoolClosed, PoolForked, TransactionAborted
 from ._file import DatabaseFile
-from ._housekeeping import (
-    DEFAULT_WAL_MAX_BYTES,
-    DEFAULT_WAL_RESET_TIMEOUT,
-    CheckpointResult,
-    Housekeeper,
-    WalState,
-    check_mode,
-    checkpoint_job,
-    optimize_job,
-)
+from ._housekeeping import DEFAULT_WAL_MAX_BYTES, DEFAULT_WAL_RESET_TIMEOUT, Housekeeper
 from ._interrupt import protected
 from ._lane import Lane
 from ._leaks import LeakTracker
@@ -66,10 +49,28 @@ from ._options import (
     open_connection,
 )
 from ._rows import Row
+from ._statements import (
+    ExecuteResult,
+    Params,
+    Progress,
+    backup_job,
+    check_job,
+    checkpoint_job,
+    commit_or_rollback,
+    execute_job,
+    executemany_job,
+    fetchall_job,
+    fetchone_job,
+    fetchval_job,
+    in_transaction,
+    open_job,
+    optimize_job,
+    reset,
+)
 from ._stats import PoolStatistics
-from ._transactions import Transactions
-from ._upkeep import Upkeep, check_job, lifetime_deadline
-from ._worker import Job, Worker, commit_or_rollback, reset
+from ._upkeep import Upkeep, lifetime_deadline
+from ._wal import CheckpointResult, WalState, check_mode
+from ._worker import Job, Worker
 
 logger = logging.getLogger("litepool")
 
@@ -474,7 +475,8 @@ class Pool:
         """
         target = check_backup_args(target, pages, progress)
         self._lane(READ)  # fail now if the pool is not open
-        await backup(self, target, pages=pages, progress=progress, timeout=self._timeout(timeout))
+        async with self.read(timeout=timeout) as conn:
+            await conn._call(backup_job, target, pages, progress)
 
     # -- introspection ---------------------------------------------------------------
 
@@ -670,7 +672,7 @@ class Pool:
         """
         jobs = []
         for worker in workers:
-            job = Job(_open_job, (self._options, self._file), interruptible=False)
+            job = Job(open_job, (self._options, self._file), interruptible=False)
             worker.submit(job)
             jobs.append(job)
             self._workers.append(worker)
@@ -870,18 +872,6 @@ class Pool:
             self._readers_target = readers
             if self._upkeep is not None:
                 self._upkeep.wake()
-
-
-def _open_job(worker: Worker, options: PoolOptions, database_file: DatabaseFile) -> None:
-    """Job, queued first on every worker: open its connection; on the writer, set up
-    its managed transactions."""
-    worker.open()
-    if worker.role == "writer":
-        conn = worker.conn
-        assert conn is not None
-        worker.transactions = Transactions(
-            conn, pool_name=options.name, database_file=database_file
-        )
 
 
 class Checkout:

@@ -97,6 +97,7 @@ class Transactions:
         "_refused",
         "_sliced",
         "_state",
+        "begin_failed",
     )
 
     def __init__(
@@ -116,6 +117,8 @@ class Transactions:
         self._busy_ms = int(self._pragma("busy_timeout"))
         self._sliced = str(self._pragma("journal_mode")).lower() == "wal"
         self._caller_busy = False
+        #: Whether the last begin() failed (nothing ran: a later call may try again).
+        self.begin_failed = False
         if self._sliced:
             self._pragma(f"busy_timeout={min(self._busy_ms, SLICE_MS)}")
         conn.set_authorizer(self._authorize)
@@ -193,6 +196,7 @@ class Transactions:
         :raises sqlite3.OperationalError: ``interrupted`` if ``stop()`` said so.
         """
         self._state = _OWN
+        self.begin_failed = True
         try:
             self._execute(BEGIN_IMMEDIATE)
         except sqlite3.OperationalError as exc:
@@ -201,6 +205,7 @@ class Transactions:
             self._begin_again(timeout, stop, exc)
         finally:
             self._state = _OFF
+        self.begin_failed = False
         if self._prepared_outside:
             # Expire every cached statement, so that a cached COMMIT is prepared (and
             # seen) again before it can run.

@@ -23,8 +23,8 @@ from typing import TYPE_CHECKING, Final
 
 import anyio
 
-from ._file import CHECK_INTERVAL, DatabaseFile
-from ._housekeeping import optimize_job
+from ._file import CHECK_INTERVAL
+from ._statements import optimize_job
 from ._worker import Job, Worker
 
 if TYPE_CHECKING:
@@ -40,22 +40,6 @@ LIFETIME_JITTER: Final = 0.1
 #: the last.
 RETRY_FIRST: Final = 0.05
 RETRY_LAST: Final = 10.0
-
-
-def check_job(worker: Worker, database_file: DatabaseFile) -> str | None:
-    """Job for ``check=True``: why the connection should not be used, or None.
-
-    One cheap statement that starts a read transaction (an I/O error shows here), and a
-    look at whether the file at the database's path is still the one it opened.
-    """
-    conn = worker.conn
-    assert conn is not None
-    cursor = conn.cursor()
-    try:
-        cursor.execute("PRAGMA schema_version").fetchone()
-    finally:
-        cursor.close()
-    return database_file.changed()
 
 
 def lifetime_deadline(opened_at: float, max_lifetime: float | None) -> float:

@@ -22,7 +22,7 @@ from collections.abc import Callable
 from time import perf_counter
 from typing import Any, Final
 
-from ._errors import ConnectionLost, DatabaseLost, PoolClosed, PoolError
+from ._errors import ConnectionLost, DatabaseLost, PoolClosed, PoolError, hint_read_only
 from ._interrupt import protected
 from ._transactions import Transactions
 
@@ -143,7 +143,6 @@ class Worker:
         "_refusal",
         "_start_lock",
         "abandoned",
-        "begin_failed",
         "broken",
         "conn",
         "cost",
@@ -160,6 +159,7 @@ class Worker:
         "progress",
         "queued",
         "ran",
+        "read_since",
         "reading",
         "reads",
         "retiring",
@@ -184,7 +184,6 @@ class Worker:
     rollbacks: int
     ran: bool
     abandoned: bool
-    begin_failed: bool
     broken: str | None
     dead: bool
     exited: bool
@@ -196,6 +195,7 @@ class Worker:
     transactions: Transactions | None
     reading: bool
     reads: int
+    read_since: float
 
     def __init__(
         self,
@@ -222,9 +222,6 @@ class Worker:
         self._start_lock = threading.Lock()
         self.ran = False
         self.abandoned = False
-        # Thread side, read by the loop once the job is done: whether a transaction's
-        # BEGIN failed (as opposed to a statement after it).
-        self.begin_failed = False
         #: Called on the thread as the very last thing run() does.
         self.on_exit: Callable[[Worker], object] | None = None
         #: Called on the thread, once, when a job fails with an error that means the
@@ -239,6 +236,7 @@ class Worker:
         #: how many have begun: what keeps the WAL from being reset, and who.
         self.reading = False
         self.reads = 0
+        self.read_since = 0.0  # time.monotonic() when the current read transaction began
         # Why calls are refused once the worker is stopping (None: the pool closed).
         self._refusal: PoolError | None = None
         #: Shared with the other connections of its lane once it joins one.
@@ -444,8 +442,9 @@ class Worker:
         # not interruptible, never do) marks the connection reading until it ends.
         tracked = self.transactions is None and job.interruptible
         if tracked and not self.reading:
-            self.reading = True
+            self.read_since = time.monotonic()
             self.reads += 1
+            self.reading = True
         lock = self._lock
         with lock:
             self._current = job
@@ -454,8 +453,7 @@ class Worker:
             job.result = job.fn(self, *job.args)
         except BaseException as exc:
             transactions = self.transactions
-            if transactions is not None:
-                exc = transactions.caller_error(exc)
+            exc = hint_read_only(exc) if transactions is None else transactions.caller_error(exc)
             job.error = _detached(exc)
             if self.broken is None:
                 reason = broken_reason(exc)
@@ -512,50 +510,3 @@ class _SkippedJob(Exception):
 
 
 _SKIPPED: Final = _SkippedJob()
-
-
-# -- job functions (run on the worker thread; first argument is the worker) ----------
-
-
-def close_cursors(worker: Worker) -> None:
-    if worker.cursors:
-        for cursor in worker.cursors.values():
-            cursor.close()
-        worker.cursors.clear()
-
-
-def reset(worker: Worker) -> None:
-    """Make the connection clean for its next borrower: no cursor, no transaction."""
-    close_cursors(worker)
-    conn = worker.conn
-    assert conn is not None
-    transactions = worker.transactions
-    if conn.in_transaction:
-        worker.rollbacks += 1
-        try:
-            if transactions is not None:
-                transactions.rollback()
-            else:
-                conn.rollback()
-        except sqlite3.Error:
-            logger.exception("%s: rollback on return failed", worker.thread_name)
-    if transactions is not None:
-        transactions.end()
-
-
-def commit_or_rollback(worker: Worker) -> None:
-    """COMMIT; if that fails, ROLLBACK so that the next writer starts clean, and raise."""
-    close_cursors(worker)
-    conn = worker.conn
-    transactions = worker.transactions
-    assert conn is not None
-    assert transactions is not None
-    try:
-        transactions.commit()
-    except BaseException:
-        if conn.in_transaction:
-            worker.rollbacks += 1
-            transactions.rollback()
-        raise
-    finally:
-        transactions.end()

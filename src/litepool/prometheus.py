@@ -25,9 +25,9 @@ from itertools import accumulate
 from typing import Final, TypeAlias
 
 from ._errors import PoolClosed
-from ._housekeeping import CHECKPOINT_MODES
 from ._pool import Pool
 from ._stats import Histogram, LaneStatistics, PoolStatistics
+from ._wal import CHECKPOINT_MODES
 
 try:
     from prometheus_client.core import (
