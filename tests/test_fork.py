@@ -90,7 +90,8 @@ async def test_a_child_never_finalizes_the_inherited_connections(
     async with litepool.open_pool(db_path, readers=2, wal_max_bytes=None) as pool:
         await pool.execute("CREATE TABLE t (x)")
         await pool.execute("INSERT INTO t VALUES (1)")
-        connections = [worker.conn for worker in pool._workers]
+        assert pool._supervisor is not None
+        connections = [worker.conn for worker in pool._supervisor._workers]
         before = [sys.getrefcount(conn) for conn in connections]
         pid = os.fork()
         if pid == 0:  # pragma: no cover - the child

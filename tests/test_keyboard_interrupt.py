@@ -26,22 +26,27 @@ import anyio
 import pytest
 
 import litepool
-from litepool import _bridge, _connection, _lane, _pool
+from litepool import _bridge, _checkout, _connection, _handoff, _lane, _pool, _supervisor
 
 from .conftest import litepool_threads
 
 #: (label, function) pairs whose every reached line gets a SIGINT, per backend.
 COMMON: list[tuple[str, Callable[..., Any]]] = [
+    ("HandOff.wait", _handoff.HandOff.wait),
+    ("HandOff.give", _handoff.HandOff.give),
     ("Lane.acquire", _lane.Lane.acquire),
     ("Lane.release", _lane.Lane.release),
     ("Lane._grant", _lane.Lane._grant),
+    ("Lane.run", _lane.Lane.run),
     ("Connection._call", _connection.Connection._call),
-    ("Checkout.__aenter__", _pool.Checkout.__aenter__),
-    ("Checkout.__aexit__", _pool.Checkout.__aexit__),
-    ("Checkout._commit", _pool.Checkout._commit),
+    ("Checkout.__aenter__", _checkout.Checkout.__aenter__),
+    ("Checkout.__aexit__", _checkout.Checkout.__aexit__),
+    ("Checkout._commit", _checkout.Checkout._commit),
     ("Pool._statement", _pool.Pool._statement),
     ("Pool.__aexit__", _pool.Pool.__aexit__),
-    ("Pool._stop_workers", _pool.Pool._stop_workers),
+    ("Pool._stop", _pool.Pool._stop),
+    ("Supervisor.stop", _supervisor.Supervisor.stop),
+    ("Supervisor._thread_exited", _supervisor.Supervisor._thread_exited),
 ]
 TARGETS: dict[str, list[tuple[str, Callable[..., Any]]]] = {
     "trio": [

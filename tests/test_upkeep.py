@@ -18,8 +18,7 @@ import anyio
 import pytest
 
 import litepool
-from litepool._upkeep import LIFETIME_JITTER, due, lifetime_deadline
-from litepool._worker import Worker
+from litepool._supervisor import LIFETIME_JITTER, Reader, due, lifetime_deadline
 from tests.conftest import CancellableTask, litepool_threads
 
 pytestmark = pytest.mark.anyio
@@ -97,21 +96,6 @@ FAULTY: dict[str, Any] = {"wal_max_bytes": None}
 # -- pure decisions ----------------------------------------------------------------------
 
 
-def fake_worker(*, expires: float = float("inf"), progress: float = 0.0) -> Worker:
-    worker = Worker("reader", "test", lambda: sqlite3.connect(":memory:"), _post, _alive)
-    worker.expires = expires
-    worker.progress = progress
-    return worker
-
-
-def _post(worker: Worker, batch: object) -> bool:
-    return True
-
-
-def _alive() -> bool:
-    return True
-
-
 def test_lifetimes_are_jittered_below_the_maximum() -> None:
     deadlines = [lifetime_deadline(100.0, 60.0) for _ in range(200)]
     assert all(100.0 + 60.0 * (1 - LIFETIME_JITTER) <= d <= 160.0 for d in deadlines)
@@ -120,23 +104,20 @@ def test_lifetimes_are_jittered_below_the_maximum() -> None:
 
 
 def test_due_picks_expired_and_idle_connections_only() -> None:
-    old = fake_worker(expires=5.0)
-    young = fake_worker(expires=50.0)
-    assert due([young, old], now=10.0, max_idle=None) == (old, 10.0)
+    old = Reader("old", expires=5.0, idle_since=None, leaving=False)
+    young = Reader("young", expires=50.0, idle_since=None, leaving=False)
+    assert due([young, old], now=10.0, max_idle=None) == ("old", 10.0)
     assert due([young], now=10.0, max_idle=None) == (None, 50.0)
-    # Idle: only once it has served something, and while nobody holds or queues on it.
-    idle = fake_worker(progress=1.0)
-    assert due([idle], now=10.0, max_idle=5.0) == (None, float("inf"))
-    idle.used = True
-    assert due([idle], now=10.0, max_idle=5.0) == (idle, 10.0)
+    # Idle: only once it has served something and while nobody holds or queues on it,
+    # which the supervisor tells as idle_since (None otherwise).
+    never = Reader("never used", expires=float("inf"), idle_since=None, leaving=False)
+    assert due([never], now=10.0, max_idle=5.0) == (None, float("inf"))
+    idle = Reader("idle", expires=float("inf"), idle_since=1.0, leaving=False)
+    assert due([idle], now=10.0, max_idle=5.0) == ("idle", 10.0)
     assert due([idle], now=3.0, max_idle=5.0) == (None, 6.0)
-    idle.held = True
-    assert due([idle], now=10.0, max_idle=5.0) == (None, float("inf"))
-    idle.held, idle.queued = False, 1
-    assert due([idle], now=10.0, max_idle=5.0) == (None, float("inf"))
     # One already leaving is not picked twice.
-    old.retiring = True
-    assert due([old], now=10.0, max_idle=None) == (None, float("inf"))
+    leaving = Reader("leaving", expires=5.0, idle_since=None, leaving=True)
+    assert due([leaving], now=10.0, max_idle=None) == (None, float("inf"))
 
 
 # -- options ---------------------------------------------------------------------------------
@@ -293,11 +274,15 @@ async def test_held_reader_is_replaced_only_after_it_comes_back(db_path: str) ->
     async with litepool.open_pool(db_path, readers=1, max_lifetime=0.05, name="hold") as pool:
         await make_table(pool)
         async with pool.read() as conn:
-            await until(lambda: pool.statistics().connections_replaced >= 1)
+            # Readers may have been replaced already while the table was made: this one
+            # is the reader held now, and it expires while held.
+            held = await conn.run_sync(lambda raw: threading.current_thread().name)
+            replaced = pool.statistics().connections_replaced
+            await until(lambda: pool.statistics().connections_replaced > replaced)
             # Expired and replaced, but still this borrower's, and still working.
             assert await conn.fetchval("SELECT count(*) FROM t") == 100
-            assert "litepool[hold] reader-1" in litepool_threads()
-        await until(lambda: "litepool[hold] reader-1" not in litepool_threads())
+            assert held in litepool_threads()
+        await until(lambda: held not in litepool_threads())
 
 
 async def test_idle_reader_is_replaced(db_path: str) -> None:

@@ -10,6 +10,7 @@ owned by a task group that the pool's ``async with`` block opens::
             await conn.execute("UPDATE users SET name = ? WHERE id = ?", ("Ada", 1))
 """
 
+from ._checkout import Checkout
 from ._connection import Connection, Rows
 from ._errors import (
     ConnectionLost,
@@ -24,7 +25,7 @@ from ._errors import (
     WouldDeadlock,
 )
 from ._options import DEFAULT_PRAGMAS
-from ._pool import Checkout, Pool, open_pool
+from ._pool import Pool, open_pool
 from ._rows import AmbiguousColumn, Row, dict_row
 from ._statements import ExecuteResult
 from ._stats import HISTOGRAM_BOUNDS, Histogram, LaneStatistics, PoolStatistics

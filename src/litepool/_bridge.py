@@ -35,7 +35,26 @@ from ._worker import Job, Worker
 if TYPE_CHECKING:
     import trio
 
-    from ._lane import Waiter
+
+class Waiter:
+    """A task parked until something is handed to it (see :meth:`Bridge.park`).
+
+    ``waker`` belongs to the bridge; ``state``, ``item`` and ``borrower`` to whoever
+    queues the waiter (a lane).
+    """
+
+    __slots__ = ("borrower", "item", "state", "waker")
+
+    state: int
+    waker: Any
+    item: Any
+    borrower: Any
+
+    def __init__(self, borrower: Any = None) -> None:
+        self.state = 0
+        self.waker = None
+        self.item = None
+        self.borrower = borrower
 
 
 def current_bridge() -> Bridge:
@@ -106,12 +125,8 @@ class Bridge:
         now = time.monotonic()
         while done:
             worker, batch = done.popleft()
-            worker.queued -= len(batch)
-            worker.progress = now
-            worker.used = True
-            pending = worker.pending
+            worker.delivered(batch, now)
             for job in batch:
-                pending.discard(job)
                 job.done = True
                 waker = job.waker
                 if waker is not None:
@@ -124,6 +139,16 @@ class Bridge:
     async def wait(self, worker: Worker, job: Job) -> None:
         """Return once ``job`` is done (see the module's cancellation contract)."""
         raise NotImplementedError
+
+    async def run(self, worker: Worker, job: Job) -> Any:
+        """Wait for ``job`` (queued on ``worker``) and return its result, or raise its
+        error (see the module's cancellation contract)."""
+        await self.wait(worker, job)
+        error = job.error
+        if error is not None:
+            job.error = None  # the traceback would keep the job, and it, the error
+            raise error
+        return job.result
 
     async def wait_shielded(self, worker: Worker, job: Job) -> None:
         """Like :meth:`wait`, but cancel scopes (anyio's or trio's) cannot interrupt it:

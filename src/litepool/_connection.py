@@ -7,6 +7,7 @@ are fetched and its cursor is closed in the same job, so no statement is left ha
 
 from __future__ import annotations
 
+import enum
 import functools
 from collections import deque
 from collections.abc import (
@@ -21,6 +22,7 @@ from typing import TYPE_CHECKING, Any, Final, ParamSpec, TypeVar
 from ._errors import ConnectionReleased, PoolError, PoolForked, TransactionAborted
 from ._fork import inherited
 from ._interrupt import protected
+from ._lane import Kind
 from ._statements import (
     ExecuteResult,
     Params,
@@ -47,9 +49,24 @@ if TYPE_CHECKING:
 T = TypeVar("T")
 P = ParamSpec("P")
 
-READ: Final = "read"
-WRITE: Final = "write"
-CONNECTION: Final = "connection"
+READ: Final = Kind.READ
+WRITE: Final = Kind.WRITE
+CONNECTION: Final = Kind.CONNECTION
+
+
+class Ending(enum.Enum):
+    """What must happen to a checkout's connection when its block ends."""
+
+    RELEASE = "release"
+    """Nothing to undo: hand it on as it is."""
+    RESET = "reset"
+    """Queue a reset (no cursor, no transaction) ahead of the next borrower, and hand it
+    on at once."""
+    COMMIT = "commit"
+    """A ``pool.write()`` block that ended normally: COMMIT, then report how it went."""
+    ABORTED = "aborted"
+    """A ``pool.write()`` block that ended normally with its transaction void: reset,
+    and raise :class:`~litepool.TransactionAborted`."""
 
 
 def _begin_failed(worker: Worker) -> bool:
@@ -174,7 +191,7 @@ class Connection:
         self,
         worker: Worker,
         bridge: Bridge,
-        kind: str,
+        kind: Kind,
         pool_name: str,
         chunk_size: int,
         timeout: float | None,
@@ -197,12 +214,12 @@ class Connection:
 
     def __repr__(self) -> str:
         state = "released" if self._worker is None else "active"
-        return f"<litepool.Connection {self._kind} of pool {self._pool_name!r} ({state})>"
+        return f"<litepool.Connection {self._kind.value} of pool {self._pool_name!r} ({state})>"
 
     @property
     def kind(self) -> str:
         """``"read"``, ``"write"`` or ``"connection"``: the checkout that yielded it."""
-        return self._kind
+        return self._kind.value
 
     @property
     def released(self) -> bool:
@@ -215,7 +232,7 @@ class Connection:
         worker = self._worker
         if worker is None:
             raise ConnectionReleased(
-                f"this {self._kind} connection of pool {self._pool_name!r} was used after "
+                f"this {self._kind.value} connection of pool {self._pool_name!r} was used after "
                 "its 'async with' block ended; check out a new one"
             )
         if worker.stopping:
@@ -235,7 +252,7 @@ class Connection:
         began = self._begin_pending
         if began:
             self._begin_pending = False
-            if self._kind == WRITE:
+            if self._kind is WRITE:
                 job = Job(begin_then, (self._timeout, fn, args))
             else:
                 job = Job(caller_block_then, (fn, args), interruptible)
@@ -249,7 +266,7 @@ class Connection:
             # Cancelled: the job may still be running, so its outcome and the
             # connection's state are unknown until the worker has finished it.
             self._dirty = True
-            if self._kind == WRITE:
+            if self._kind is WRITE:
                 self._aborted = (
                     f"a statement of this pool.write() transaction (pool "
                     f"{self._pool_name!r}) was cancelled, so whether it ran is unknown; the "
@@ -261,11 +278,11 @@ class Connection:
         error = job.error
         if error is not None:
             job.error = None
-            if began and self._kind == WRITE and _begin_failed(worker):
+            if began and self._kind is WRITE and _begin_failed(worker):
                 # BEGIN itself failed (another process held the lock past the timeout):
                 # nothing has run, so the next call may simply try again.
                 self._begin_pending = True
-            elif self._kind == WRITE and not (
+            elif self._kind is WRITE and not (
                 worker.conn is not None and worker.conn.in_transaction
             ):
                 # SQLite rolled the whole transaction back on this error (disk full, I/O
@@ -280,19 +297,33 @@ class Connection:
         return job.result
 
     @protected
-    def _detach(self) -> Worker:
+    def _finish(self, ended_normally: bool) -> tuple[Worker, Ending, str]:
+        """The block has ended: detach from the connection, and say what must happen to
+        it (and, for :attr:`Ending.ABORTED`, why)."""
         worker = self._worker
         assert worker is not None
         self._worker = None
-        return worker
-
-    def _needs_reset(self, worker: Worker) -> bool:
+        if self._kind is WRITE and ended_normally and not self._begin_pending:
+            if self._aborted is not None:
+                return worker, Ending.ABORTED, self._aborted
+            if self._inflight:
+                return (
+                    worker,
+                    Ending.ABORTED,
+                    (
+                        f"pool {self._pool_name!r}: the pool.write() transaction was rolled "
+                        "back because a statement was still running when its block ended"
+                    ),
+                )
+            return worker, Ending.COMMIT, ""
         if self._dirty or self._inflight or self._iterators:
-            return True
-        if self._kind == CONNECTION and not self._begin_pending:
-            return True  # the reset puts the writer's own busy_timeout back
+            return worker, Ending.RESET, ""
+        if self._kind is CONNECTION and not self._begin_pending:
+            return worker, Ending.RESET, ""  # it puts the writer's own busy_timeout back
         conn = worker.conn
-        return conn is not None and conn.in_transaction
+        if conn is not None and conn.in_transaction:
+            return worker, Ending.RESET, ""
+        return worker, Ending.RELEASE, ""
 
     # -- statements ------------------------------------------------------------------
 
@@ -377,10 +408,10 @@ class Connection:
         await self._call(rollback_job, interruptible=False)
 
     def _check_manual(self, what: str) -> None:
-        if self._kind != CONNECTION:
+        if self._kind is not CONNECTION:
             hint = (
                 "pool.write() commits when its block ends and rolls back on an exception"
-                if self._kind == WRITE
+                if self._kind is WRITE
                 else "reader connections are read-only"
             )
             raise PoolError(f"{what}() is for pool.connection() handles; {hint}")

@@ -41,9 +41,9 @@ def unregister(pool: _Forkable) -> None:
 
 
 def abandon(workers: Iterable[Worker]) -> None:
-    """In the child: refuse the workers' use and never finalize their connections."""
+    """In the child: never finalize the workers' connections (the pool refuses their
+    use already)."""
     for worker in workers:
-        worker.stopping = True
         _inherited.append(worker)
         _inherited_workers.add(id(worker))
         for thing in (worker.conn, *worker.cursors.values()):

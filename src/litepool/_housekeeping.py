@@ -47,7 +47,7 @@ from typing import TYPE_CHECKING, Final
 
 import anyio
 
-from ._errors import PoolClosed
+from ._background import BackgroundTask
 from ._statements import passive_job, wal_reset_job
 from ._wal import WalState
 from ._worker import Job, Worker
@@ -83,12 +83,14 @@ RESET_BACKOFF: Final = 0.05
 # -- the task ------------------------------------------------------------------------------
 
 
-class Housekeeper:
+class Housekeeper(BackgroundTask):
     """The pool's housekeeping task; :meth:`stop` ends it (the pool does, when closing).
 
     Cancellation: stopping it while a reset waits for readers stops that wait within a
     slice (the reset's job is interruptible) and gives the writer back.
     """
+
+    what = "housekeeping"
 
     def __init__(
         self,
@@ -100,32 +102,18 @@ class Housekeeper:
         max_bytes: int,
         reset_timeout: float | None,
     ) -> None:
-        self._pool_name = pool_name
+        super().__init__(pool_name)
         self._lane = write_lane
         self._readers = read_lane
         self._bridge = bridge
         self._state = state
         self._max_bytes = max_bytes
         self._reset_timeout = math.inf if reset_timeout is None else reset_timeout
-        self._scope = anyio.CancelScope()
         # Readers whose read transaction outlasted the last reset, and which one it was
         # (Worker.reads): the next reset waits until each of them has ended it.
         self._outlasted: dict[Worker, int] = {}
         self._retry_at = 0.0
         self._backoff = 0.0
-
-    def stop(self) -> None:
-        self._scope.cancel()
-
-    async def run(self) -> None:
-        with self._scope:
-            try:
-                await self._loop()
-            except PoolClosed:
-                pass
-            except Exception:
-                # A failure of housekeeping must not tear down the application.
-                logger.exception("pool %r: housekeeping stopped", self._pool_name)
 
     async def _loop(self) -> None:
         lane = self._lane
@@ -170,27 +158,24 @@ class Housekeeper:
 
     async def _passive(self) -> bool:
         """A PASSIVE checkpoint if the writer is free right now; True if it ran."""
-        lane = self._lane
-        if not lane.idle or lane.waiting or lane.closed:
-            return False
-        worker = lane.free()
-        assert worker is not None
-        # Queued on the free writer without holding it: nobody sees it in the lane's
-        # counts, and a writer that comes now queues its statements behind it. Not
-        # interruptible: closing the pool lets it finish (it never waits).
+        # Queued on the free writer without holding it: a writer that comes now queues
+        # its statements behind it. Not interruptible: closing the pool lets it finish
+        # (it never waits).
         job = Job(passive_job, (self._state,), interruptible=False)
-        worker.submit(job)
+        worker = self._lane.try_dispatch(job, statement=False)
+        if worker is None:
+            return False
         return await self._answer(worker, job) is not None
 
     async def _reset(self) -> bool:
         """Reset the WAL (see the module's docstring); True if it was."""
-        lane = self._lane
-        worker = await lane.acquire(None)
-        # The next writer may queue behind the checkpoint right away: the checkpoint
-        # keeps the writer's thread, which is what stops new writes while it waits.
+        # Queued first come, first served like any writer; the next writer may queue
+        # behind it right away: the checkpoint keeps the writer's thread, which is what
+        # stops new writes while it waits.
         job = Job(wal_reset_job, (self._state, math.inf))
-        worker.submit(job)
-        lane.release(worker)
+        worker = self._lane.try_dispatch(job, statement=False)
+        if worker is None:
+            worker = await self._lane.dispatch(job, None, statement=False)
         started = anyio.current_time()
         give_up, holders = False, list[Worker]()
         try:
@@ -248,12 +233,9 @@ class Housekeeper:
     async def _answer(self, worker: Worker, job: Job) -> object:
         """The job's result (True for a job returning None); None (logged) if it failed
         with an SQLite error."""
-        await self._bridge.wait(worker, job)
-        error = job.error
-        if error is not None:
-            job.error = None
-            if not isinstance(error, sqlite3.Error):
-                raise error
+        try:
+            result = await self._bridge.run(worker, job)
+        except sqlite3.Error as error:
             logger.warning("pool %r: housekeeping checkpoint failed: %s", self._pool_name, error)
             return None
-        return True if job.result is None else job.result
+        return True if result is None else result

@@ -5,31 +5,30 @@ A lane hands out the connections of its workers, first come, first served. Its s
 methods, so no cancellation can land half-way through a change; the only await is a
 waiter parking until it is handed a connection, times out, or the pool closes.
 
-The hand-off can be refused. Releasing a connection assigns it to the first waiter that
-can still take it and wakes that waiter. If the waiter is cancelled at that moment (an
-anyio or trio cancel scope, or a native ``asyncio.Task.cancel()`` arriving after the
-wake-up but before the task runs), it finds the connection assigned to it when its
-cancellation unwinds, and releases it again, which hands it to the next waiter. A waiter
-that times out or is cancelled before any hand-off simply leaves the queue. So a
-connection is never stranded with a task that is gone.
+Waiting tasks queue in a :class:`~litepool._handoff.HandOff`, whose hand-off they can
+refuse: releasing a connection gives it to the first waiter that can still take it, and a
+waiter cancelled at that moment gives it back, to the next one. So a connection is never
+stranded with a task that is gone.
 
 Connections join and leave a lane while it serves (replacements, :meth:`Pool.resize`):
 one that leaves while a borrower holds it leaves when it is given back, so a borrower
 never loses its connection under it.
 
-This queue replaced an ``anyio.CapacityLimiter`` plus a cancel scope per waiter, which
-gave the same guarantees but cost tens of microseconds of event-loop time per contended
-checkout: on the single writer, every transaction pays that.
+Single statements (``pool.fetchone()``, ``pool.execute()``, and the pool's own jobs)
+take one path, :meth:`Lane.run`: queued at once on a connection no checkout holds, or
+after waiting their turn like a checkout, but holding the connection only while they are
+queued; the lane chooses the connection (:meth:`Lane._gathering`).
 """
 
 from __future__ import annotations
 
+import enum
 import time
-from collections import deque
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, Final, Protocol
 
 from ._errors import PoolClosed, PoolError, PoolTimeout, WouldDeadlock
+from ._handoff import HandOff
 from ._interrupt import protected
 from ._stats import LaneStatistics, Recorder
 from ._worker import MAX_BATCH, Job, JobCost, Worker
@@ -46,87 +45,107 @@ SPILL_AFTER: Final = 0.002
 #: ... and never more statements than the thread answers in one batch.
 SPILL_DEPTH: Final = MAX_BATCH
 
-_WAITING: Final = 0
-_GRANTED: Final = 1
-_GONE: Final = 2
+
+class Kind(enum.Enum):
+    """What a checkout holds: a reader, or the writer in a transaction of the pool's
+    (``write``) or in autocommit mode (``connection``)."""
+
+    READ = "read"
+    WRITE = "write"
+    CONNECTION = "connection"
+
+    @property
+    def checkout(self) -> str:
+        """The method of :class:`~litepool.Pool` that takes it, for messages."""
+        return f"pool.{self.value}()"
 
 
 class Borrower(Protocol):
     """Who holds a connection: enough to tell a task that it would wait for itself."""
 
     @property
-    def task(self) -> object:
+    def _task(self) -> object:
         """The holding task, as :attr:`Bridge.current_task` returns it."""
 
-    def describe(self) -> str:
+    def _describe(self) -> str:
         """The checkout and where it was taken, for error messages."""
 
 
-class Waiter:
-    """A task waiting for a connection. ``waker`` belongs to the bridge."""
-
-    __slots__ = ("borrower", "state", "waker", "worker")
-
-    state: int
-    waker: Any
-    worker: Worker | None
-    borrower: Borrower | None
-
-    def __init__(self, borrower: Borrower | None) -> None:
-        self.state = _WAITING
-        self.waker: Any = None
-        self.worker: Worker | None = None
-        self.borrower = borrower
-
-
 class Lane:
+    """The connections of one lane and who holds them; see the module's docstring."""
+
     __slots__ = (
+        "_acquire_wait",
         "_borrowers",
         "_bridge",
         "_closed_error",
-        "_waiters",
-        "acquire_wait",
+        "_describe_holders",
+        "_held",
+        "_on_left",
+        "_queue",
+        "_retiring",
+        "_usage",
         "checkouts",
         "closed",
         "cost",
-        "holders",
-        "idle",
-        "kind",
+        "name",
         "pool_name",
-        "retired",
         "statements",
         "timeouts",
-        "usage",
-        "waiting",
         "workers",
     )
 
-    def __init__(self, kind: str, pool_name: str, workers: list[Worker], bridge: Bridge) -> None:
-        self.kind = kind
+    def __init__(
+        self,
+        name: str,
+        pool_name: str,
+        workers: list[Worker],
+        bridge: Bridge,
+        cost: JobCost,
+        *,
+        on_left: Callable[[Worker], object],
+        describe_holders: Callable[[], str] | None = None,
+    ) -> None:
+        #: ``"read"`` or ``"write"``.
+        self.name = name
         self.pool_name = pool_name
+        #: The connections in the lane, held or not (a retiring one until it comes back).
         self.workers = workers
-        self.cost = JobCost()
-        for worker in workers:
-            worker.cost = self.cost
+        #: How long a job takes on these connections (their threads add to it).
+        self.cost = cost
         self._bridge = bridge
-        self.idle = len(workers)  # workers not held by a checkout
+        self._held: set[Worker] = set()
+        self._retiring: set[Worker] = set()
         # Who holds each connection that a checkout holds.
         self._borrowers: dict[Worker, Borrower] = {}
-        self._waiters: deque[Waiter] = deque()
-        self.waiting = 0  # waiters in the queue
+        self._queue: HandOff[Worker] = HandOff(bridge, self.release)
+        # Called with a connection once it has left the lane, to stop it.
+        self._on_left = on_left
+        # Describes who holds the lane's connections, for the PoolTimeout message.
+        self._describe_holders = describe_holders
         self.checkouts = 0
         self.statements = 0
         self.timeouts = 0
         self.closed = False
         self._closed_error: PoolError | None = None
-        # Filled by checkouts (see Checkout); read only by statistics().
-        self.acquire_wait = Recorder()
-        self.usage = Recorder()
-        #: Set when the pool tracks who holds its connections: describes them for the
-        #: PoolTimeout message.
-        self.holders: Callable[[], str] | None = None
-        #: Called with a connection once it has left the lane, to stop it.
-        self.retired: Callable[[Worker], object] | None = None
+        self._acquire_wait = Recorder()
+        self._usage = Recorder()
+
+    @property
+    def idle(self) -> int:
+        """Connections no checkout holds."""
+        return len(self.workers) - len(self._held)
+
+    @property
+    def waiting(self) -> int:
+        """Tasks waiting for a connection."""
+        return self._queue.waiting
+
+    def is_held(self, worker: Worker) -> bool:
+        return worker in self._held
+
+    def is_retiring(self, worker: Worker) -> bool:
+        return worker in self._retiring
 
     # -- exclusive checkouts -------------------------------------------------------------
 
@@ -145,28 +164,23 @@ class Lane:
         """
         if self.closed:
             raise self._refusal("is closed")
-        if self.idle and not self.waiting:
+        if self.idle and not self._queue.waiting:
             return self._hold(borrower)
         if self._borrowers:
             self._refuse_waiting_for_itself(what)
-        waiter = Waiter(borrower)
-        self._waiters.append(waiter)
-        self.waiting += 1
         try:
-            await self._bridge.park(waiter, timeout)
-        except BaseException:
-            self._abandon(waiter)
-            raise
-        worker = waiter.worker
-        if waiter.state != _GRANTED or worker is None:
-            self._abandon(waiter)
+            worker = await self._queue.wait(timeout, borrower)
+        finally:
+            if self.idle and self._queue.waiting and not self.closed:
+                self._grant()
+        if worker is None:
             if self.closed:
                 raise self._refusal("was closed while waiting")
             self.timeouts += 1
             stats = self.statistics()
-            holders = "" if self.holders is None else self.holders()
+            holders = "" if self._describe_holders is None else self._describe_holders()
             raise PoolTimeout(
-                f"pool {self.pool_name!r}: no {self.kind} connection became free within "
+                f"pool {self.pool_name!r}: no {self.name} connection became free within "
                 f"{timeout:g} s (in use: {stats.in_use}, idle: {stats.idle}, "
                 f"waiting: {stats.waiting}{holders})"
             )
@@ -175,11 +189,11 @@ class Lane:
     def _refuse_waiting_for_itself(self, what: str) -> None:
         """Raise if the calling task holds every connection: it would wait for itself."""
         task = self._bridge.current_task()
-        mine = [b for b in self._borrowers.values() if b.task is task]
+        mine = [b for b in self._borrowers.values() if b._task is task]
         if not mine or len(mine) < len(self.workers):
             return
-        held = ", ".join(borrower.describe() for borrower in mine)
-        which = "the writer" if self.kind == "write" else f"every reader ({len(mine)})"
+        held = ", ".join(borrower._describe() for borrower in mine)
+        which = "the writer" if self.name == "write" else f"every reader ({len(mine)})"
         raise WouldDeadlock(
             f"pool {self.pool_name!r}: this task already holds {which}: {held}; "
             f"{what or 'this call'} can only be served by a connection it holds, so it "
@@ -192,108 +206,89 @@ class Lane:
 
         Synchronous, so it cannot be interrupted half-way.
         """
-        worker.held = False
+        self._held.discard(worker)
         self._borrowers.pop(worker, None)
-        if worker.retiring:
+        if worker in self._retiring:
             self._remove(worker)
             return
-        self.idle += 1
-        if self.waiting:
+        if self._queue.waiting:
             self._grant()
+
+    def checked_out(self, waited: float | None) -> None:
+        """A checkout got its connection after waiting ``waited`` seconds (None: it
+        found one free)."""
+        self.checkouts += 1
+        if waited is None:
+            self._acquire_wait.add_zero()
+        else:
+            self._acquire_wait.add(waited)
+
+    def returned(self, held: float) -> None:
+        """A checkout's block held its connection for ``held`` seconds."""
+        self._usage.add(held)
 
     # -- connections joining and leaving -------------------------------------------------
 
     @protected
     def add(self, worker: Worker) -> None:
         """A new connection joins the lane and serves the first waiter, if any."""
-        worker.cost = self.cost
         self.workers.append(worker)
-        self.idle += 1
-        if self.waiting:
+        if self._queue.waiting:
             self._grant()
 
     @protected
     def retire(self, worker: Worker) -> None:
         """Take ``worker`` out of service: now if it is free, else when it comes back.
 
-        Statements already queued on it still run; :attr:`retired` is called once it
-        has left, which stops it behind them.
+        Statements already queued on it still run; ``on_left`` is called once it has
+        left, which stops it behind them.
         """
-        if worker.retiring or worker not in self.workers:
+        if worker in self._retiring or worker not in self.workers:
             return
-        worker.retiring = True
-        if not worker.held:
-            self.idle -= 1
+        self._retiring.add(worker)
+        if worker not in self._held:
             self._remove(worker)
 
     def active(self) -> list[Worker]:
         """The connections that are not leaving."""
-        return [worker for worker in self.workers if not worker.retiring]
-
-    def free(self) -> Worker | None:
-        """A connection no checkout holds, the least busy, or None."""
-        return self._least_busy() if self.idle else None
+        return [worker for worker in self.workers if worker not in self._retiring]
 
     @protected
     def _remove(self, worker: Worker) -> None:
         self.workers.remove(worker)
-        if self.retired is not None:
-            self.retired(worker)
+        self._retiring.discard(worker)
+        self._on_left(worker)
 
     @protected
-    def _hold(self, borrower: Borrower | None) -> Worker:
+    def _hold(self, borrower: object) -> Worker:
         worker = self._least_busy()
-        worker.held = True
-        self.idle -= 1
+        self._held.add(worker)
         if borrower is not None:
-            self._borrowers[worker] = borrower
+            self._borrowers[worker] = borrower  # type: ignore[assignment]
         return worker
 
     @protected
     def _grant(self) -> None:
-        waiters = self._waiters
-        resume = self._bridge.resume
-        while self.idle and waiters:
-            waiter = waiters.popleft()
-            self.waiting -= 1
-            if not resume(waiter):  # already cancelled or timed out: it cannot take it
-                waiter.state = _GONE
-                continue
-            waiter.state = _GRANTED
-            waiter.worker = self._hold(waiter.borrower)
-
-    @protected
-    def _abandon(self, waiter: Waiter) -> None:
-        """A waiter leaves without using a connection: pass on whatever reached it."""
-        state, waiter.state = waiter.state, _GONE
-        if state == _GRANTED:
-            worker, waiter.worker = waiter.worker, None
-            assert worker is not None
-            self.release(worker)
-        elif state == _WAITING:
-            try:
-                self._waiters.remove(waiter)
-            except ValueError:
-                pass  # close() or a hand-off already took it out of the queue
-            else:
-                self.waiting -= 1
-            if self.idle and self.waiting:
-                self._grant()
+        queue = self._queue
+        while self.idle and queue.give(self._hold):
+            pass
 
     # -- single statements ---------------------------------------------------------------
 
     @protected
-    def try_dispatch(self, job: Job) -> Worker | None:
+    def try_dispatch(self, job: Job, *, statement: bool = True) -> Worker | None:
         """Queue a self-contained ``job`` now if that needs no waiting, else return None."""
-        if self.idle and not self.waiting and not self.closed:
+        if self.idle and not self._queue.waiting and not self.closed:
             worker = self._gathering()
             worker.submit(job)
-            self.statements += 1
+            self.statements += statement
             return worker
         return None
 
     @protected
-    async def dispatch(self, job: Job, timeout: float | None, what: str = "") -> Worker:
+    async def dispatch(
+        self, job: Job, timeout: float | None, what: str = "", *, statement: bool = True
+    ) -> Worker:
         """Queue a self-contained ``job`` on a connection that no checkout holds.
 
         The job needs the connection only while it runs, so it holds one just long
@@ -303,16 +298,33 @@ class Lane:
         """
         worker = await self.acquire(timeout, what=what)
         worker.submit(job)
-        self.statements += 1
+        self.statements += statement
         self.release(worker)
         return worker
+
+    async def run(
+        self, job: Job, timeout: float | None, what: str = "", *, statement: bool = True
+    ) -> Any:
+        """Queue ``job`` as :meth:`dispatch` does (without waiting when a connection is
+        free), wait for it, and return its result or raise its error. The one path of
+        single statements and of the pool's own jobs; ``statement`` counts it in the
+        lane's statistics.
+
+        Cancellation: while waiting for a connection, as :meth:`acquire`; once queued,
+        the job is skipped or interrupted (see :class:`~litepool._bridge.Bridge`).
+        """
+        worker = self.try_dispatch(job, statement=statement)
+        if worker is None:
+            worker = await self.dispatch(job, timeout, what, statement=statement)
+        return await self._bridge.run(worker, job)
 
     # -- choosing a connection -----------------------------------------------------------
 
     def _least_busy(self) -> Worker:
         best: Worker | None = None
+        held = self._held
         for worker in self.workers:
-            if not worker.held and (best is None or worker.queued < best.queued):
+            if worker not in held and (best is None or worker.queued < best.queued):
                 best = worker
                 if not worker.queued:
                     break
@@ -321,8 +333,9 @@ class Lane:
 
     def _gathering(self) -> Worker:
         now = 0.0
+        held = self._held
         for worker in self.workers:
-            if worker.held:
+            if worker in held:
                 continue
             queued = worker.queued
             if not queued:
@@ -343,17 +356,17 @@ class Lane:
         (by default :class:`~litepool.PoolClosed`)."""
         self.closed = True
         self._closed_error = error
-        waiters = self._waiters
-        while waiters:
-            waiter = waiters.popleft()
-            self.waiting -= 1
-            self._bridge.resume(waiter)
+        self._queue.close()
+
+    def forked(self) -> None:
+        """In a child process just forked: refuse everything (no task waits here)."""
+        self.closed = True
 
     def describe_holder(self, worker: Worker) -> str:
         """Who holds ``worker``: a checkout and where it was taken, or a statement."""
         borrower = self._borrowers.get(worker)
         if borrower is not None:
-            return f"{worker.role} ({borrower.describe()})"
+            return f"{worker.role} ({borrower._describe()})"
         return f"{worker.role} (a single statement, pool.fetch...(), still running)"
 
     def _refusal(self, what: str) -> PoolError:
@@ -364,14 +377,15 @@ class Lane:
 
     def statistics(self) -> LaneStatistics:
         size = len(self.workers)
+        idle = self.idle
         return LaneStatistics(
             size=size,
-            idle=self.idle,
-            in_use=size - self.idle,
-            waiting=self.waiting,
+            idle=idle,
+            in_use=size - idle,
+            waiting=self._queue.waiting,
             checkouts=self.checkouts,
             statements=self.statements,
             timeouts=self.timeouts,
-            acquire_wait=self.acquire_wait.snapshot(),
-            usage=self.usage.snapshot(),
+            acquire_wait=self._acquire_wait.snapshot(),
+            usage=self._usage.snapshot(),
         )

@@ -16,6 +16,8 @@ from typing import Final
 
 import anyio
 
+from ._background import BackgroundTask
+
 logger = logging.getLogger("litepool")
 
 #: Frames of the checkout's stack kept for the report (innermost last).
@@ -32,16 +34,17 @@ class _Record:
         self.stack = stack
 
 
-class LeakTracker:
+class LeakTracker(BackgroundTask):
     """Who holds which checkout since when; runs the reporting task."""
 
+    what = "leak detection"
+
     def __init__(self, pool_name: str, timeout: float) -> None:
-        self._pool_name = pool_name
+        super().__init__(pool_name)
         self._timeout = timeout
         # Insertion order is checkout order, hence also deadline order.
         self._active: dict[object, _Record] = {}
         self._reported: dict[object, _Record] = {}
-        self._scope = anyio.CancelScope()
         self.reported = 0
 
     def add(self, checkout: object, kind: str, start: float) -> None:
@@ -74,16 +77,6 @@ class LeakTracker:
             if record.kind == kind or (kind == "write" and record.kind == "connection")
         ]
         return f"; held by {', '.join(held)}" if held else ""
-
-    def stop(self) -> None:
-        self._scope.cancel()
-
-    async def run(self) -> None:
-        with self._scope:
-            try:
-                await self._loop()
-            except Exception:
-                logger.exception("pool %r: leak detection stopped", self._pool_name)
 
     async def _loop(self) -> None:
         timeout = self._timeout

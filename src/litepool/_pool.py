@@ -3,16 +3,12 @@
 from __future__ import annotations
 
 import enum
-import functools
 import logging
-import math
 import os
 import sqlite3
-import sys
 from collections.abc import Callable, Iterable, Mapping
-from time import monotonic
 from types import TracebackType
-from typing import TYPE_CHECKING, Any, Final
+from typing import TYPE_CHECKING, Any, Final, final
 
 import anyio
 import anyio.to_thread
@@ -20,20 +16,14 @@ from anyio.abc import TaskGroup
 
 from . import _fork
 from ._backup import DEFAULT_BACKUP_PAGES, Target, check_backup_args
-from ._bridge import Bridge, current_bridge
-from ._connection import (
-    CONNECTION,
-    READ,
-    WRITE,
-    Connection,
-    check_params_seq,
-    check_sql,
-)
-from ._errors import DatabaseLost, PoolClosed, PoolForked, TransactionAborted
+from ._bridge import current_bridge
+from ._checkout import Checkout, CheckoutSetup
+from ._connection import check_params_seq, check_sql
+from ._errors import DatabaseLost, PoolClosed, PoolForked
 from ._file import DatabaseFile
 from ._housekeeping import DEFAULT_WAL_MAX_BYTES, DEFAULT_WAL_RESET_TIMEOUT, Housekeeper
 from ._interrupt import protected
-from ._lane import Lane
+from ._lane import Kind, Lane
 from ._leaks import LeakTracker
 from ._options import (
     DEFAULT_ACQUIRE_TIMEOUT,
@@ -46,7 +36,6 @@ from ._options import (
     check_int,
     check_timeout,
     make_options,
-    open_connection,
 )
 from ._rows import Row
 from ._statements import (
@@ -54,23 +43,18 @@ from ._statements import (
     Params,
     Progress,
     backup_job,
-    check_job,
     checkpoint_job,
-    commit_or_rollback,
     execute_job,
     executemany_job,
     fetchall_job,
     fetchone_job,
     fetchval_job,
     in_transaction,
-    open_job,
-    optimize_job,
-    reset,
 )
 from ._stats import PoolStatistics
-from ._upkeep import Upkeep, lifetime_deadline
+from ._supervisor import Supervisor
 from ._wal import CheckpointResult, WalState, check_mode
-from ._worker import Job, Worker
+from ._worker import Job
 
 logger = logging.getLogger("litepool")
 
@@ -193,6 +177,7 @@ class _State(enum.Enum):
     FORKED = "forked"  # a copy inherited by a child process through os.fork()
 
 
+@final
 class Pool:
     """A SQLite connection pool scoped to an ``async with`` block. Create it with
     :func:`open_pool`.
@@ -206,38 +191,21 @@ class Pool:
     def __init__(self, options: PoolOptions) -> None:
         self._options = options
         self._state = _State.NEW
-        self._bridge: Bridge | None = None
-        self._task_group: TaskGroup | None = None
-        self._workers: list[Worker] = []
-        self._threads = 0  # worker threads started and not yet returned
-        self._all_stopped: anyio.Event | None = None
-        self._read_lane: Lane | None = None
-        self._write_lane: Lane | None = None
         self._pid = 0
+        self._file = DatabaseFile(options.name, options.database, options.uri)
         self._wal = WalState()
+        # Set while the pool is open (from its first await in __aenter__ on).
+        self._task_group: TaskGroup | None = None
+        self._supervisor: Supervisor | None = None
+        self._setup: CheckoutSetup | None = None
         self._housekeeper: Housekeeper | None = None
         self._leaks: LeakTracker | None = None
-        self._opened = 0
-        self._closed_connections = 0
-        self._replaced = 0
-        self._lost = 0
-        self._failed = 0
-        # Counts of workers whose threads have returned, kept when they are dropped.
-        self._retired_interrupted = 0
-        self._retired_rollbacks = 0
-        self._readers_target = options.readers
-        self._reader_number = 0
-        self._upkeep: Upkeep | None = None
-        self._resize_lock: anyio.Lock | None = None
-        self._file = DatabaseFile(options.name, options.database, options.uri)
-        # Set once the database file is found deleted or replaced: why.
-        self._vanished: str | None = None
 
     def __repr__(self) -> str:
-        return (
-            f"<litepool.Pool {self._options.name!r} {self._state.value} "
-            f"readers={self._readers_target}>"
+        readers = (
+            self._options.readers if self._supervisor is None else self._supervisor.readers_target
         )
+        return f"<litepool.Pool {self._options.name!r} {self._state.value} readers={readers}>"
 
     if not TYPE_CHECKING:
         # Only at run time: for type checkers a Pool is not awaitable, and they say so.
@@ -271,7 +239,7 @@ class Pool:
         handed to it, holds nothing afterwards. A task cancelled inside the block returns
         its connection; a statement still running is interrupted first.
         """
-        return self._checkout(READ, timeout)
+        return Checkout(self._open_lane, Kind.READ, self._timeout(timeout))
 
     def write(self, *, timeout: float | _Unset | None = _UNSET) -> Checkout:
         """Check out the writer inside a transaction (``BEGIN IMMEDIATE``).
@@ -287,7 +255,7 @@ class Pool:
         cancelled inside the block voids the transaction
         (:class:`~litepool.TransactionAborted`), which is rolled back.
         """
-        return self._checkout(WRITE, timeout)
+        return Checkout(self._open_lane, Kind.WRITE, self._timeout(timeout))
 
     def connection(self, *, timeout: float | _Unset | None = _UNSET) -> Checkout:
         """Check out the writer with no automatic transaction (autocommit mode).
@@ -296,15 +264,32 @@ class Pool:
         ``BEGIN`` / :meth:`Connection.commit`. A transaction still open when the block
         ends is rolled back.
         """
-        return self._checkout(CONNECTION, timeout)
-
-    def _checkout(self, kind: str, timeout: float | _Unset | None) -> Checkout:
-        return Checkout(self, kind, self._timeout(timeout))
+        return Checkout(self._open_lane, Kind.CONNECTION, self._timeout(timeout))
 
     def _timeout(self, timeout: float | _Unset | None) -> float | None:
         if timeout is _UNSET:
             return self._options.acquire_timeout
         return check_timeout(timeout, "timeout")
+
+    def _lane(self, kind: Kind) -> Lane:
+        """The lane serving ``kind``, or the error that says why the pool cannot."""
+        supervisor = self._supervisor
+        if self._state is not _State.OPEN or supervisor is None:
+            if self._state is _State.FORKED:
+                raise self._forked_error()
+            raise PoolClosed(
+                f"pool {self.name!r} is not open; use it inside 'async with open_pool(...)'"
+            )
+        if supervisor.vanished is not None:
+            raise DatabaseLost(supervisor.vanished)
+        lane = supervisor.read_lane if kind is Kind.READ else supervisor.write_lane
+        assert lane is not None
+        return lane
+
+    def _open_lane(self, kind: Kind) -> tuple[Lane, CheckoutSetup]:
+        lane = self._lane(kind)
+        assert self._setup is not None
+        return lane, self._setup
 
     # -- single statements ---------------------------------------------------------------
 
@@ -323,7 +308,7 @@ class Pool:
         """
         check_sql(sql, params)
         wait = self._timeout(timeout)
-        return await self._statement(READ, fetchone_job, (sql, params), wait, "fetchone")
+        return await self._statement(Kind.READ, fetchone_job, (sql, params), wait, "fetchone")
 
     async def fetchall(
         self, sql: str, params: Params = (), *, timeout: float | _Unset | None = _UNSET
@@ -331,7 +316,9 @@ class Pool:
         """Run one query on a reader and return every row; see :meth:`fetchone`."""
         check_sql(sql, params)
         wait = self._timeout(timeout)
-        rows: list[Any] = await self._statement(READ, fetchall_job, (sql, params), wait, "fetchall")
+        rows: list[Any] = await self._statement(
+            Kind.READ, fetchall_job, (sql, params), wait, "fetchall"
+        )
         return rows
 
     async def fetchval(
@@ -341,7 +328,7 @@ class Pool:
         None; see :meth:`fetchone`."""
         check_sql(sql, params)
         wait = self._timeout(timeout)
-        return await self._statement(READ, fetchval_job, (sql, params), wait, "fetchval")
+        return await self._statement(Kind.READ, fetchval_job, (sql, params), wait, "fetchval")
 
     async def execute(
         self, sql: str, params: Params = (), *, timeout: float | _Unset | None = _UNSET
@@ -359,7 +346,7 @@ class Pool:
         check_sql(sql, params)
         wait = self._timeout(timeout)
         result: ExecuteResult = await self._statement(
-            WRITE, in_transaction, (wait, execute_job, (sql, params)), wait, "execute"
+            Kind.WRITE, in_transaction, (wait, execute_job, (sql, params)), wait, "execute"
         )
         return result
 
@@ -376,7 +363,7 @@ class Pool:
         check_params_seq(seq_of_params)
         wait = self._timeout(timeout)
         result: ExecuteResult = await self._statement(
-            WRITE,
+            Kind.WRITE,
             in_transaction,
             (wait, executemany_job, (sql, seq_of_params)),
             wait,
@@ -384,43 +371,18 @@ class Pool:
         )
         return result
 
-    @protected
     async def _statement(
         self,
-        kind: str,
+        kind: Kind,
         fn: Callable[..., Any],
         args: tuple[Any, ...],
         wait: float | None,
         method: str,
     ) -> Any:
-        """Queue ``fn(worker, *args)`` on a connection of the ``kind`` lane that no
-        checkout holds, waiting up to ``wait`` seconds for one, and return its result.
-        ``wait`` has been checked by the caller before anything else ran."""
-        lane = self._lane(kind)
-        job = Job(fn, args)
-        worker = lane.try_dispatch(job)
-        if worker is None:
-            worker = await lane.dispatch(job, wait, f"pool.{method}()")
-        bridge = self._bridge
-        assert bridge is not None
-        await bridge.wait(worker, job)
-        error = job.error
-        if error is not None:
-            job.error = None
-            raise error
-        return job.result
-
-    def _lane(self, kind: str) -> Lane:
-        lane = self._read_lane if kind == READ else self._write_lane
-        if lane is None or self._state is not _State.OPEN or self._vanished is not None:
-            if self._state is _State.FORKED:
-                raise self._forked_error()
-            if self._vanished is not None and self._state is _State.OPEN:
-                raise DatabaseLost(self._vanished)
-            raise PoolClosed(
-                f"pool {self.name!r} is not open; use it inside 'async with open_pool(...)'"
-            )
-        return lane
+        """Run ``fn(worker, *args)`` on a connection of the ``kind`` lane that no checkout
+        holds, waiting up to ``wait`` seconds for one; ``wait`` has been checked by the
+        caller before anything else ran."""
+        return await self._lane(kind).run(Job(fn, args), wait, f"pool.{method}()")
 
     # -- operations ------------------------------------------------------------------
 
@@ -446,7 +408,7 @@ class Pool:
         mode = check_mode(mode)
         wait = self._timeout(timeout)
         result: CheckpointResult = await self._statement(
-            WRITE, checkpoint_job, (mode, self._wal), wait, "checkpoint"
+            Kind.WRITE, checkpoint_job, (mode, self._wal), wait, "checkpoint"
         )
         return result
 
@@ -474,31 +436,50 @@ class Pool:
         incomplete.
         """
         target = check_backup_args(target, pages, progress)
-        self._lane(READ)  # fail now if the pool is not open
+        self._lane(Kind.READ)  # fail now if the pool is not open
         async with self.read(timeout=timeout) as conn:
             await conn._call(backup_job, target, pages, progress)
+
+    async def resize(self, readers: int) -> None:
+        """Change the number of reader connections while the pool serves.
+
+        Growing opens the new readers (concurrently with the pool's work) and returns
+        once they serve; if one fails to open, none is added and the error is raised.
+        Shrinking takes free readers out of service at once and busy ones when their
+        borrowers give them back, letting statements already queued on them finish;
+        it does not wait for their threads to end.
+
+        Cancellation: a resize cancelled while new readers open adds none of them, and
+        the pool keeps its former size.
+        """
+        readers = check_int(readers, "readers", 1)
+        self._lane(Kind.READ)  # fail now if the pool is not open, before waiting
+        assert self._supervisor is not None
+        await self._supervisor.resize(readers)
 
     # -- introspection ---------------------------------------------------------------
 
     def statistics(self) -> PoolStatistics:
         """A frozen snapshot of the pool's counts; see :class:`~litepool.PoolStatistics`."""
-        read, write = self._read_lane, self._write_lane
-        if read is None or write is None:
+        supervisor = self._supervisor
+        read = None if supervisor is None else supervisor.read_lane
+        write = None if supervisor is None else supervisor.write_lane
+        if supervisor is None or read is None or write is None:
             raise PoolClosed(f"pool {self.name!r} has not been opened")
+        counts = supervisor.counts()
         wal = self._wal
         return PoolStatistics(
             name=self.name,
             closed=self.closed,
             read=read.statistics(),
             write=write.statistics(),
-            interrupted=self._retired_interrupted
-            + sum(worker.interrupted for worker in self._workers),
-            rollbacks=self._retired_rollbacks + sum(worker.rollbacks for worker in self._workers),
-            connections_opened=self._opened,
-            connections_closed=self._closed_connections,
-            connections_replaced=self._replaced,
-            connections_lost=self._lost,
-            connections_failed=self._failed,
+            interrupted=counts.interrupted,
+            rollbacks=counts.rollbacks,
+            connections_opened=counts.opened,
+            connections_closed=counts.closed,
+            connections_replaced=counts.replaced,
+            connections_lost=counts.lost,
+            connections_failed=counts.failed,
             checkpoints=wal.checkpoints,
             checkpoints_busy=wal.busy,
             wal_reset_timeouts=wal.reset_timeouts,
@@ -519,45 +500,42 @@ class Pool:
         self._state = _State.OPEN
         self._pid = os.getpid()
         _fork.register(self)
-        bridge = self._bridge = current_bridge()
         options = self._options
-        writer = self._new_worker(bridge, writer=True)
-        readers = [self._new_worker(bridge, writer=False) for _ in range(options.readers)]
-        self._all_stopped = anyio.Event()
-        self._resize_lock = anyio.Lock()
-        # Worker threads live as long as the pool: they must not take tokens from anyio's
-        # default limiter, which the rest of the application shares.
-        self._thread_limiter = anyio.CapacityLimiter(1 + options.readers)
+        bridge = current_bridge()
+        if options.leak_timeout is not None:
+            self._leaks = LeakTracker(self.name, options.leak_timeout)
         task_group = self._task_group = anyio.create_task_group()
+        supervisor = self._supervisor = Supervisor(
+            options,
+            self._file,
+            bridge,
+            task_group,
+            None if self._leaks is None else self._leaks.holders,
+        )
         await task_group.__aenter__()
         try:
-            # The writer first: it creates the database and switches it to WAL, which a
-            # read-only connection cannot do. Then the readers, all at once.
-            await self._start_workers(task_group, bridge, [writer])
-            transactions = writer.transactions
-            assert transactions is not None
-            self._wal.resolve(self._file.path, transactions.wal)
-            await self._start_workers(task_group, bridge, readers)
+            await supervisor.open()
         except BaseException as exc:
             self._state = _State.CLOSED
             _fork.unregister(self)
-            await self._stop_workers()
+            await self._stop()
             if isinstance(exc, sqlite3.Error):
                 exc.add_note(f"while opening pool {self.name!r} on {options.database!r}")
             raise
-        write_lane = self._write_lane = Lane(WRITE, self.name, [writer], bridge)
-        read_lane = self._read_lane = Lane(READ, self.name, readers, bridge)
-        write_lane.retired = read_lane.retired = self._retired
-        self._start_operations(task_group, bridge, read_lane, write_lane)
-        return self
-
-    def _start_operations(
-        self, task_group: TaskGroup, bridge: Bridge, read_lane: Lane, write_lane: Lane
-    ) -> None:
-        """Start the housekeeper and the leak tracker, if the options ask for them."""
-        options = self._options
-        upkeep = self._upkeep = Upkeep(self, read_lane, write_lane)
-        task_group.start_soon(upkeep.run, name=f"litepool[{self.name}] upkeep")
+        transactions = supervisor.writer.transactions
+        assert transactions is not None
+        self._wal.resolve(self._file.path, transactions.wal)
+        read_lane, write_lane = supervisor.read_lane, supervisor.write_lane
+        assert read_lane is not None
+        assert write_lane is not None
+        self._setup = CheckoutSetup(
+            pool_name=self.name,
+            bridge=bridge,
+            chunk_size=options.chunk_size,
+            leaks=self._leaks,
+            check=self._file if options.check else None,
+            lose=supervisor.lose,
+        )
         if options.wal_max_bytes is not None:
             housekeeper = self._housekeeper = Housekeeper(
                 self.name,
@@ -568,12 +546,10 @@ class Pool:
                 options.wal_max_bytes,
                 options.wal_reset_timeout,
             )
-            task_group.start_soon(housekeeper.run, name=f"litepool[{self.name}] housekeeper")
-        if options.leak_timeout is not None:
-            leaks = self._leaks = LeakTracker(self.name, options.leak_timeout)
-            read_lane.holders = functools.partial(leaks.holders, READ)
-            write_lane.holders = functools.partial(leaks.holders, WRITE)
-            task_group.start_soon(leaks.run, name=f"litepool[{self.name}] leak detection")
+            task_group.start_soon(housekeeper.run, name=housekeeper.name)
+        if self._leaks is not None:
+            task_group.start_soon(self._leaks.run, name=self._leaks.name)
+        return self
 
     def _forked_error(self) -> PoolForked:
         return PoolForked(
@@ -584,13 +560,10 @@ class Pool:
 
     def _after_fork(self) -> None:
         """In a child process just forked: refuse every use, touch no connection."""
-        if self._state is not _State.OPEN:
+        if self._state is not _State.OPEN or self._supervisor is None:
             return
         self._state = _State.FORKED
-        for lane in (self._read_lane, self._write_lane):
-            if lane is not None:
-                lane.closed = True
-        _fork.abandon(self._workers)
+        _fork.abandon(self._supervisor.forked())
 
     @protected
     async def __aexit__(
@@ -603,427 +576,27 @@ class Pool:
             raise self._forked_error()
         self._state = _State.CLOSED
         _fork.unregister(self)
-        for task in (self._upkeep, self._housekeeper, self._leaks):
+        for task in (self._housekeeper, self._leaks):
             if task is not None:
                 task.stop()
-        write_lane = self._write_lane
-        writer = None if write_lane is None else write_lane.free()
-        if writer is not None:
-            # Queued ahead of the stop, not awaited: it runs before the writer closes.
-            writer.submit(Job(optimize_job, interruptible=False))
-        for lane in (self._read_lane, write_lane):
+        supervisor = self._supervisor
+        assert supervisor is not None
+        supervisor.close()
+        for lane in (supervisor.read_lane, supervisor.write_lane):
             if lane is not None:
                 lane.close()
-        await self._stop_workers()
+        await self._stop()
 
     @protected
-    async def _stop_workers(self) -> None:
+    async def _stop(self) -> None:
         """Stop every worker, wait for its thread to return, then leave the task group."""
-        for worker in self._workers:
-            worker.stop()
-        all_stopped = self._all_stopped
-        assert all_stopped is not None
-        assert self._task_group is not None
-        interrupted: BaseException | None = None
-        while self._threads:
-            try:
-                with anyio.CancelScope(shield=True):
-                    await all_stopped.wait()
-            except BaseException as exc:
-                # A native asyncio cancellation (as at asyncio.run's shutdown) goes through
-                # shields. The threads are stopping: wait for them all the same, then
-                # raise it.
-                interrupted = interrupted or exc
+        supervisor, task_group = self._supervisor, self._task_group
+        assert supervisor is not None
+        assert task_group is not None
         try:
+            await supervisor.stop()
+        finally:
             # Every thread has returned, so this does not wait for them. The body's
             # exception is not passed in: the task group would wrap it in an
             # ExceptionGroup on trio.
-            await self._task_group.__aexit__(None, None, None)
-        finally:
-            if interrupted is not None:
-                raise interrupted
-
-    def _new_worker(self, bridge: Bridge, *, writer: bool) -> Worker:
-        options = self._options
-        if writer:
-            role = "writer"
-        else:
-            self._reader_number += 1
-            role = f"reader-{self._reader_number}"
-        worker = Worker(
-            role,
-            f"litepool[{options.name}] {role}",
-            functools.partial(open_connection, options, writer=writer, database_file=self._file),
-            bridge.post,
-            bridge.alive,
-        )
-        worker.on_broken = functools.partial(bridge.call_soon, self._connection_broken)
-        worker.on_exit = functools.partial(bridge.call_soon, self._thread_exited)
-        return worker
-
-    @protected
-    async def _start_workers(
-        self, task_group: TaskGroup, bridge: Bridge, workers: list[Worker]
-    ) -> None:
-        """Start a thread for each worker, and wait until every connection has opened.
-
-        Raises the first opening error; each worker whose connection did not open has
-        returned by itself, the others are left to the caller to stop.
-        """
-        jobs = []
-        for worker in workers:
-            job = Job(open_job, (self._options, self._file), interruptible=False)
-            worker.submit(job)
-            jobs.append(job)
-            self._workers.append(worker)
-            self._threads += 1
-            # A thread per connection for as long as the pool lives, never more than
-            # that: and not borrowed from anyio's default limiter, which the rest of the
-            # application shares.
-            limiter = self._thread_limiter
-            limiter.total_tokens = max(limiter.total_tokens, self._threads)
-            task_group.start_soon(self._serve, worker, name=worker.thread_name)
-        for worker, job in zip(workers, jobs, strict=True):
-            await bridge.wait(worker, job)
-            if job.error is not None:
-                raise job.error
-            self._opened += 1
-            worker.opened = True
-            worker.used = False
-            worker.expires = (
-                math.inf
-                if worker.role == "writer"
-                else lifetime_deadline(monotonic(), self._options.max_lifetime)
-            )
-
-    @protected
-    async def _open_worker(self, *, writer: bool) -> Worker:
-        """Open one more connection while the pool is open, for a lane to take in.
-
-        Cancellation, or a failure to open, leaves nothing behind: the new worker is
-        stopped.
-        """
-        bridge, task_group = self._bridge, self._task_group
-        if self._state is not _State.OPEN or bridge is None or task_group is None:
-            raise PoolClosed(f"pool {self.name!r} is closed")
-        worker = self._new_worker(bridge, writer=writer)
-        try:
-            await self._start_workers(task_group, bridge, [worker])
-            if self._state is not _State.OPEN:
-                raise PoolClosed(f"pool {self.name!r} was closed while a connection opened")
-        except Exception:
-            if not worker.opened:
-                self._failed += 1
-            worker.stop()
-            raise
-        except BaseException:
-            worker.stop()
-            raise
-        return worker
-
-    @protected
-    async def _serve(self, worker: Worker) -> None:
-        returned = False
-        try:
-            await anyio.to_thread.run_sync(worker.run, limiter=self._thread_limiter)
-            returned = True
-        except Exception as exc:
-            returned = True
-            if self._state is not _State.OPEN or worker.stopping:
-                raise
-            # The thread ended between jobs without being stopped: the pool keeps
-            # serving on the other connections and replaces this one.
-            logger.error(
-                "pool %r: %s ended unexpectedly; replacing its connection",
-                self.name,
-                worker.thread_name,
-                exc_info=exc,
-            )
-            if self._bridge is not None:
-                self._bridge.drain()  # what the thread answered before it ended
-            worker.fail_pending()
-            self._lose(worker)
-        finally:
-            # Normally the thread has reported its return by now (the report is queued
-            # before the call returns). It never will if this task was cancelled
-            # natively before the thread took up worker.run, or if the thread died
-            # before it could report.
-            if worker.abandon() or returned:
-                self._thread_exited(worker)
-
-    @protected
-    def _thread_exited(self, worker: Worker) -> None:
-        """Loop side: ``worker``'s thread has returned (or will never run)."""
-        if worker.exited:
-            return
-        worker.exited = True
-        if worker.opened:
-            worker.opened = False
-            self._closed_connections += 1
-        if self._state is _State.OPEN:
-            # Its counts are final: keep them, and the worker need not be kept.
-            self._retired_interrupted += worker.interrupted
-            self._retired_rollbacks += worker.rollbacks
-            self._workers.remove(worker)
-        self._threads -= 1
-        if not self._threads:
-            assert self._all_stopped is not None
-            self._all_stopped.set()
-
-    # -- replacing connections -------------------------------------------------------
-
-    def _lane_of(self, worker: Worker) -> Lane | None:
-        return self._write_lane if worker.role == "writer" else self._read_lane
-
-    @protected
-    def _connection_broken(self, worker: Worker) -> None:
-        """Loop side: a job on ``worker`` failed in a way that means it is broken."""
-        if self._state is not _State.OPEN or worker.retiring or not worker.opened:
-            return  # a connection that never opened is reported by its opener
-        if self.check_file():
-            return
-        logger.warning(
-            "pool %r: %s is broken (%s); replacing it",
-            self.name,
-            worker.thread_name,
-            worker.broken,
-        )
-        self._lose(worker)
-
-    @property
-    def watches_file(self) -> bool:
-        """Whether there is a database file to watch (not an in-memory database)."""
-        return self._file.path is not None
-
-    def check_file(self) -> bool:
-        """Loop side: whether the database file was found deleted or replaced (now or
-        before); the first time, every call is refused from then on."""
-        if self._vanished is not None:
-            return True
-        reason = self._file.changed()
-        if reason is None or self._state is not _State.OPEN:
-            return False
-        self._vanished = reason
-        logger.error("%s", reason)
-        error = DatabaseLost(reason)
-        for lane in (self._read_lane, self._write_lane):
-            if lane is not None:
-                lane.close(error)
-        # Calls queued now finish; later ones, and calls on checked-out handles, raise.
-        for worker in self._workers:
-            worker.stop(error)
-        return True
-
-    @protected
-    def _lose(self, worker: Worker) -> None:
-        """Take a broken connection out of service; the upkeep task replaces it."""
-        lane = self._lane_of(worker)
-        if lane is None or worker.retiring or worker not in lane.workers:
-            return
-        self._lost += 1
-        lane.retire(worker)
-        if self._upkeep is not None:
-            self._upkeep.wake()
-
-    @protected
-    def _retired(self, worker: Worker) -> None:
-        """A connection has left its lane: stop it behind the jobs queued on it."""
-        worker.stop()
-        if self._upkeep is not None:
-            self._upkeep.wake()
-
-    async def resize(self, readers: int) -> None:
-        """Change the number of reader connections while the pool serves.
-
-        Growing opens the new readers (concurrently with the pool's work) and returns
-        once they serve; if one fails to open, none is added and the error is raised.
-        Shrinking takes free readers out of service at once and busy ones when their
-        borrowers give them back, letting statements already queued on them finish;
-        it does not wait for their threads to end.
-
-        Cancellation: a resize cancelled while new readers open adds none of them, and
-        the pool keeps its former size.
-        """
-        readers = check_int(readers, "readers", 1)
-        self._lane(READ)  # fail now if the pool is not open, before waiting for the lock
-        lock = self._resize_lock
-        assert lock is not None
-        async with lock:
-            lane = self._lane(READ)
-            current = self._readers_target
-            if readers > current:
-                opened: list[Worker] = []
-                try:
-                    for _ in range(readers - current):
-                        opened.append(await self._open_worker(writer=False))
-                except BaseException:
-                    for worker in opened:
-                        worker.stop()
-                    raise
-                for worker in opened:
-                    lane.add(worker)
-            elif readers < current:
-                surplus = len(lane.active()) - readers
-                if surplus > 0:
-                    # The least busy go first: free ones, then those with least queued.
-                    ranked = sorted(lane.active(), key=lambda w: (w.held, w.queued))
-                    for worker in ranked[:surplus]:
-                        lane.retire(worker)
-            self._readers_target = readers
-            if self._upkeep is not None:
-                self._upkeep.wake()
-
-
-class Checkout:
-    """The ``async with`` target returned by :meth:`Pool.read`, :meth:`Pool.write` and
-    :meth:`Pool.connection`; it yields a :class:`Connection`."""
-
-    __slots__ = (
-        "_conn",
-        "_kind",
-        "_lane",
-        "_line",
-        "_pool",
-        "_start",
-        "_timeout",
-        "_where",
-        "task",
-    )
-
-    def __init__(self, pool: Pool, kind: str, timeout: float | None) -> None:
-        self._pool = pool
-        self._kind = kind
-        self._timeout = timeout
-        self._lane: Lane | None = None
-        self._conn: Connection | None = None
-        self._start = 0.0
-        #: The task that entered the checkout (see Lane.acquire).
-        self.task: object = None
-        self._where = ""
-        self._line = 0
-
-    def describe(self) -> str:
-        """The checkout and where its block was entered, for error messages."""
-        return f"pool.{self._kind}() entered at {os.path.basename(self._where)}:{self._line}"
-
-    @protected
-    async def __aenter__(self) -> Connection:
-        if self._lane is not None:
-            raise RuntimeError("a checkout can be entered once; call pool.read() again")
-        pool = self._pool
-        lane = self._lane = pool._lane(self._kind)
-        assert pool._bridge is not None
-        self.task = pool._bridge.current_task()
-        caller = sys._getframe(1)
-        self._where, self._line = caller.f_code.co_filename, caller.f_lineno
-        # One clock read when a connection is free; two when the checkout has to wait.
-        if lane.idle and not lane.waiting and not pool._options.check:
-            worker = await lane.acquire(self._timeout, self)
-            start = self._start = monotonic()
-            lane.acquire_wait.counts[0] += 1
-        else:
-            began = monotonic()
-            worker = await lane.acquire(self._timeout, self, f"pool.{self._kind}()")
-            if pool._options.check:
-                worker = await self._checked(lane, worker, began)
-            start = self._start = monotonic()
-            lane.acquire_wait.add(start - began)
-        lane.checkouts += 1
-        if pool._leaks is not None:
-            pool._leaks.add(self, self._kind, start)
-        assert pool._bridge is not None
-        conn = self._conn = Connection(
-            worker, pool._bridge, self._kind, pool.name, pool._options.chunk_size, self._timeout
-        )
-        return conn
-
-    @protected
-    async def _checked(self, lane: Lane, worker: Worker, began: float) -> Worker:
-        """``worker`` if it passes its check, else another that does (``check=True``).
-
-        A connection that fails is counted as lost and replaced in the background.
-        Cancellation while a check runs gives the connection back.
-        """
-        pool = self._pool
-        bridge = pool._bridge
-        assert bridge is not None
-        while True:
-            job = Job(check_job, (pool._file,))
-            worker.submit(job)
-            try:
-                await bridge.wait(worker, job)
-            except BaseException:
-                lane.release(worker)
-                raise
-            error, job.error = job.error, None
-            reason: str | None = job.result if error is None else str(error)
-            if reason is None:
-                return worker
-            if not worker.retiring:  # else its error has been reported already
-                logger.warning(
-                    "pool %r: %s failed its check on checkout (%s); replacing it",
-                    pool.name,
-                    worker.thread_name,
-                    reason,
-                )
-                pool._lose(worker)
-            lane.release(worker)
-            timeout = self._timeout
-            if timeout is not None:
-                timeout = max(0.0, timeout - (monotonic() - began))
-            worker = await lane.acquire(timeout, self, f"pool.{self._kind}()")
-
-    @protected
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        traceback: TracebackType | None,
-    ) -> None:
-        conn, lane = self._conn, self._lane
-        assert conn is not None
-        assert lane is not None
-        now = monotonic()
-        lane.usage.add(now - self._start)
-        if self._pool._leaks is not None:
-            self._pool._leaks.remove(self, now)
-        worker = conn._detach()
-        if self._kind == WRITE and exc_type is None and not conn._begin_pending:
-            if conn._aborted is not None or conn._inflight:
-                self._release(lane, worker, conn)
-                raise TransactionAborted(
-                    conn._aborted
-                    or f"pool {self._pool.name!r}: the pool.write() transaction was rolled "
-                    "back because a statement was still running when its block ended"
-                )
-            if worker.stopping:
-                lane.release(worker)
-                raise PoolClosed(
-                    f"pool {self._pool.name!r} was closed during the pool.write() block; "
-                    "its transaction was rolled back"
-                )
-            await self._commit(lane, worker)
-            return
-        self._release(lane, worker, conn)
-
-    @protected
-    def _release(self, lane: Lane, worker: Worker, conn: Connection) -> None:
-        # Any cleanup is queued ahead of the next borrower's first statement, so the
-        # connection can be handed on at once, without waiting for it.
-        if not worker.stopping and conn._needs_reset(worker):
-            worker.submit(Job(reset, (), interruptible=False))
-        lane.release(worker)
-
-    @protected
-    async def _commit(self, lane: Lane, worker: Worker) -> None:
-        job = Job(commit_or_rollback, (), interruptible=False)
-        worker.submit(job)
-        # The next writer may queue its first statement behind our COMMIT right away.
-        lane.release(worker)
-        bridge = self._pool._bridge
-        assert bridge is not None
-        await bridge.wait_shielded(worker, job)
-        error = job.error
-        if error is not None:
-            job.error = None
-            raise error
+            await task_group.__aexit__(None, None, None)

@@ -265,25 +265,36 @@ def in_transaction(
 ) -> Any:
     """``fn(worker, *args)`` inside BEGIN IMMEDIATE ... COMMIT, rolled back if anything
     fails; waits up to ``timeout`` seconds for the write lock (see
-    :mod:`._transactions`). A single statement's job, and ``Pool.run_write``'s."""
-    conn = _conn(worker)
-    transactions = _transactions(worker)
-    transactions.begin(timeout, worker.current_cancelled)
+    :mod:`._transactions`). A single statement's job."""
+    _transactions(worker).begin(timeout, worker.current_cancelled)
     try:
         result = fn(worker, *args)
         if worker.current_cancelled():
             # The statement finished before the interrupt reached it; its caller is gone,
             # so do not commit what it can no longer be told about.
             raise interrupted()
-        transactions.commit()
     except BaseException:
-        if conn.in_transaction:
-            worker.rollbacks += 1
-            transactions.rollback()
+        _end(worker, commit=False)
         raise
-    finally:
-        transactions.end()
+    _end(worker, commit=True)
     return result
+
+
+def _end(worker: Worker, *, commit: bool) -> None:
+    """End the managed transaction: COMMIT (or not); if that fails or was not asked
+    for, ROLLBACK, so that the next writer starts clean; raise what COMMIT raised."""
+    conn = _conn(worker)
+    transactions = _transactions(worker)
+    try:
+        if commit:
+            transactions.commit()
+    finally:
+        try:
+            if conn.in_transaction:
+                worker.rollbacks += 1
+                transactions.rollback()
+        finally:
+            transactions.end()
 
 
 def begin_then(
@@ -319,17 +330,7 @@ def commit_or_rollback(worker: Worker) -> None:
     """The end of a ``pool.write()`` block: COMMIT; if that fails, ROLLBACK so that the
     next writer starts clean, and raise."""
     _close_cursors(worker)
-    conn = _conn(worker)
-    transactions = _transactions(worker)
-    try:
-        transactions.commit()
-    except BaseException:
-        if conn.in_transaction:
-            worker.rollbacks += 1
-            transactions.rollback()
-        raise
-    finally:
-        transactions.end()
+    _end(worker, commit=True)
 
 
 def reset(worker: Worker) -> None:

@@ -12,6 +12,7 @@ wait for a job, and may stop waiting (cancellation) while the job still runs her
 
 from __future__ import annotations
 
+import enum
 import logging
 import queue
 import sqlite3
@@ -129,70 +130,76 @@ _STOP: Final = _Stop()
 PostFn = Callable[["Worker", list[Job]], bool]
 
 
+class Phase(enum.Enum):
+    """Where a worker is in its life; changed only by :class:`Worker`'s own methods."""
+
+    OPENING = "opening"
+    """Its thread has started (or is about to); its first job opens the connection."""
+    SERVING = "serving"
+    """The connection is open and takes jobs."""
+    STOPPING = "stopping"
+    """The stop is queued: jobs queued before it run, later ones are refused."""
+    LOST = "lost"
+    """The thread ended unexpectedly: every job unanswered or queued later fails with
+    :class:`~litepool.ConnectionLost`."""
+
+
 class Worker:
-    """One SQLite connection and the thread that owns it."""
+    """One SQLite connection and the thread that owns it.
+
+    Who changes what: the thread changes the thread-side fields (``conn``, ``cursors``,
+    ``transactions``, ``reading`` ...); the event loop changes the rest only through the
+    methods of the "event loop side" below. Everyone else reads.
+    """
 
     __slots__ = (
+        "_abandoned",
         "_alive",
         "_current",
         "_finished",
         "_jobs",
         "_lock",
+        "_on_broken",
+        "_on_exit",
+        "_opened",
         "_opener",
         "_post",
+        "_ran",
         "_refusal",
         "_start_lock",
-        "abandoned",
+        "answered",
         "broken",
         "conn",
         "cost",
         "cursors",
-        "dead",
-        "exited",
-        "expires",
-        "held",
         "interrupted",
-        "on_broken",
-        "on_exit",
-        "opened",
         "pending",
+        "phase",
         "progress",
         "queued",
-        "ran",
         "read_since",
         "reading",
         "reads",
-        "retiring",
         "role",
         "rollbacks",
-        "stopping",
         "thread_name",
         "transactions",
-        "used",
     )
 
     role: str
     thread_name: str
-    conn: sqlite3.Connection | None
     cost: JobCost
-    cursors: dict[int, sqlite3.Cursor]
-    stopping: bool
+    phase: Phase
     queued: int
     progress: float
-    held: bool
-    interrupted: int
-    rollbacks: int
-    ran: bool
-    abandoned: bool
-    broken: str | None
-    dead: bool
-    exited: bool
-    retiring: bool
-    opened: bool
-    used: bool
-    expires: float
+    answered: int
     pending: set[Job]
+    interrupted: int
+    conn: sqlite3.Connection | None
+    cursors: dict[int, sqlite3.Cursor]
     transactions: Transactions | None
+    broken: str | None
+    rollbacks: int
     reading: bool
     reads: int
     read_since: float
@@ -204,12 +211,22 @@ class Worker:
         opener: Callable[[], sqlite3.Connection],
         post: PostFn,
         alive: Callable[[], bool],
+        *,
+        cost: JobCost,
+        on_broken: Callable[[Worker], object] | None = None,
+        on_exit: Callable[[Worker], object] | None = None,
     ) -> None:
         self.role = role
         self.thread_name = thread_name
         self._opener = opener
         self._post = post
         self._alive = alive
+        #: Shared with the other connections of its lane.
+        self.cost = cost
+        # Called on the thread when a job fails in a way that means the connection is
+        # broken (see broken_reason), and as the very last thing run() does.
+        self._on_broken = on_broken
+        self._on_exit = on_exit
         self._jobs: queue.SimpleQueue[Job | _Stop] = queue.SimpleQueue()
         # Guards ``_current`` so that ``interrupt()`` can only hit the job it was meant for.
         self._lock = threading.Lock()
@@ -220,74 +237,93 @@ class Worker:
         # its threads are still to return, even when the task awaiting one is cancelled
         # natively (asyncio shutdown) and no longer learns when it does.
         self._start_lock = threading.Lock()
-        self.ran = False
-        self.abandoned = False
-        #: Called on the thread as the very last thing run() does.
-        self.on_exit: Callable[[Worker], object] | None = None
-        #: Called on the thread, once, when a job fails with an error that means the
-        #: connection is broken (see :func:`broken_reason`); ``broken`` holds why.
-        self.on_broken: Callable[[Worker], object] | None = None
-        self.broken: str | None = None
-        self.conn: sqlite3.Connection | None = None
-        #: The writer's managed transactions (thread side); None on readers.
-        self.transactions = None
-        #: Readers, thread side: whether a read transaction is open on the connection
-        #: (a statement runs, a cursor of iterate() is open, or an explicit BEGIN), and
-        #: how many have begun: what keeps the WAL from being reset, and who.
-        self.reading = False
-        self.reads = 0
-        self.read_since = 0.0  # time.monotonic() when the current read transaction began
+        self._ran = False
+        self._abandoned = False
         # Why calls are refused once the worker is stopping (None: the pool closed).
         self._refusal: PoolError | None = None
-        #: Shared with the other connections of its lane once it joins one.
-        self.cost = JobCost()
-        # Open cursors of ``Connection.iterate``, keyed by iterator id. Thread-side only.
-        self.cursors: dict[int, sqlite3.Cursor] = {}
-        self.stopping = False
-        # Loop side: jobs submitted and not yet answered, and whether a borrower holds
-        # the connection exclusively (a checkout) rather than only queuing single
-        # statements on it.
+        self._opened = False
+
+        # -- event loop side (changed by the methods below only) --
+        self.phase = Phase.OPENING
+        #: Jobs submitted and not yet answered; when work last arrived or was answered
+        #: (time.monotonic()); answers since the connection started serving.
         self.queued = 0
-        self.progress = 0.0  # time.monotonic() of the last answer, or of work arriving
-        self.held = False
-        self.interrupted = 0
-        self.rollbacks = 0
-        # Loop side, for the pool's upkeep: whether the connection has opened; whether
-        # it answered anything since; when it is due for replacement (monotonic); whether
-        # it leaves its lane when its borrower gives it back; whether its thread ended
-        # without being stopped.
-        self.opened = False
-        self.used = False
-        self.expires = float("inf")
-        self.retiring = False
-        self.dead = False
-        self.exited = False  # loop side: the pool has counted the thread's return
-        # Loop side: the jobs submitted and not yet answered. A thread that dies may take
-        # one with it, already out of the queue: this is how its caller still hears.
+        self.progress = 0.0
+        self.answered = 0
+        #: The jobs submitted and not yet answered. A thread that dies may take one
+        #: with it, already out of the queue: this is how its caller still hears.
         self.pending = set()
+        #: Statements interrupted because their callers were cancelled.
+        self.interrupted = 0
+
+        # -- thread side --
+        self.conn = None
+        #: Open cursors of ``Connection.iterate``, keyed by iterator id.
+        self.cursors = {}
+        #: The writer's managed transactions; None on readers.
+        self.transactions = None
+        #: Why the connection is broken, once a job found it so.
+        self.broken = None
+        #: Transactions rolled back on this connection (statistics).
+        self.rollbacks = 0
+        #: Readers: whether a read transaction is open on the connection (a statement
+        #: runs, a cursor of iterate() is open, or an explicit BEGIN), how many have
+        #: begun, and since when the current one is open (time.monotonic()).
+        self.reading = False
+        self.reads = 0
+        self.read_since = 0.0
+
+    def __repr__(self) -> str:
+        return f"<Worker {self.thread_name} {self.phase.value} queued={self.queued}>"
+
+    @property
+    def stopping(self) -> bool:
+        """Whether no more jobs are taken (stopping, or lost)."""
+        return self.phase is Phase.STOPPING or self.phase is Phase.LOST
+
+    @property
+    def opened(self) -> bool:
+        """Whether its connection opened (it may have closed since)."""
+        return self._opened
 
     # -- event loop side -------------------------------------------------------------
 
     @protected
     def submit(self, job: Job) -> None:
-        """Loop side: queue ``job`` behind the jobs already queued."""
+        """Queue ``job`` behind the jobs already queued."""
         if not self.queued:
             self.progress = time.monotonic()
         self.queued += 1
         self.pending.add(job)
-        if self.stopping or self.dead:
+        if self.stopping:
             # Nothing may queue behind the stop: the thread would never answer it.
-            job.error = self.stopped_error() if self.stopping else self._lost_error()
+            job.error = self.stopped_error()
             self._post(self, [job])
             return
         self._jobs.put(job)
 
+    def delivered(self, jobs: list[Job], now: float) -> None:
+        """The bridge has delivered the answers to ``jobs``."""
+        self.queued -= len(jobs)
+        self.progress = now
+        self.answered += len(jobs)
+        pending = self.pending
+        for job in jobs:
+            pending.discard(job)
+
+    def serving(self) -> None:
+        """Its connection has opened: it takes jobs from now on."""
+        self._opened = True
+        self.answered = 0
+        if self.phase is Phase.OPENING:
+            self.phase = Phase.SERVING
+
     @protected
     def fail_pending(self) -> None:
-        """Loop side, once the thread has ended unexpectedly and everything it answered
-        has been delivered: answer every job still unanswered with
-        :class:`ConnectionLost`, and every job queued from now on."""
-        self.dead = True
+        """Once the thread has ended unexpectedly and everything it answered has been
+        delivered: answer every job still unanswered with :class:`ConnectionLost`, and
+        every job queued from now on."""
+        self.phase = Phase.LOST
         while True:
             try:
                 self._jobs.get_nowait()
@@ -301,6 +337,8 @@ class Worker:
 
     def stopped_error(self) -> PoolError:
         """The error of a call that reaches this worker once it is stopping."""
+        if self.phase is Phase.LOST:
+            return self._lost_error()
         if self._refusal is not None:
             return type(self._refusal)(*self._refusal.args)
         return PoolClosed(
@@ -333,19 +371,33 @@ class Worker:
     def stop(self, refusal: PoolError | None = None) -> None:
         """Queue the stop: jobs queued before it still run, none may be queued after;
         those are refused with ``refusal`` (by default :class:`PoolClosed`)."""
-        if not self.stopping:
-            self.stopping = True
+        if self.phase is Phase.OPENING or self.phase is Phase.SERVING:
+            self.phase = Phase.STOPPING
             self._refusal = refusal
             self._jobs.put(_STOP)
+
+    def inherited(self) -> None:
+        """In a child process just forked: this worker's thread is not there; refuse
+        every call (the pool never touches the connection again)."""
+        self.phase = Phase.STOPPING
+
+    def abandon(self) -> bool:
+        """Once the call that was to run :meth:`run` has ended: True if run() never
+        started, and now never will."""
+        with self._start_lock:
+            if self._ran:
+                return False
+            self._abandoned = True
+            return True
 
     # -- worker thread side ----------------------------------------------------------
 
     def run(self) -> None:
         """The thread's body: serve jobs (the first opens the connection) until stopped."""
         with self._start_lock:
-            if self.abandoned:
+            if self._abandoned:
                 return
-            self.ran = True
+            self._ran = True
         thread = threading.current_thread()
         previous_name = thread.name
         thread.name = self.thread_name
@@ -358,17 +410,8 @@ class Worker:
             if conn is not None:
                 self._close(conn)
             thread.name = previous_name
-            if self.on_exit is not None:
-                self.on_exit(self)
-
-    def abandon(self) -> bool:
-        """Loop side, once the call that was to run :meth:`run` has ended: True if run()
-        never started, and now never will."""
-        with self._start_lock:
-            if self.ran:
-                return False
-            self.abandoned = True
-            return True
+            if self._on_exit is not None:
+                self._on_exit(self)
 
     def current_cancelled(self) -> bool:
         """Thread side: whether the caller of the running job has been cancelled."""
@@ -459,12 +502,13 @@ class Worker:
                 reason = broken_reason(exc)
                 if reason is not None:
                     self.broken = reason
-                    if self.on_broken is not None:
-                        self.on_broken(self)
+                    if self._on_broken is not None:
+                        self._on_broken(self)
         finally:
             with lock:
                 self._current = None
-            self.cost.add(perf_counter() - started)
+            if job.interruptible:  # a statement, not the opening or a cleanup
+                self.cost.add(perf_counter() - started)
             if self.reading and not self.cursors:
                 conn = self.conn
                 if conn is None or not conn.in_transaction:
