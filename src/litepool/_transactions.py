@@ -100,6 +100,8 @@ class Transactions:
         "begin_failed",
     )
 
+    begin_failed: bool
+
     def __init__(
         self,
         conn: sqlite3.Connection,
