@@ -10,6 +10,11 @@ checked and still works.
 The docstrings use Sphinx roles (``:class:`~litepool.PoolTimeout```), which Markdown
 renders literally; ``on_page_content`` turns each into inline code, linked to the
 symbol's entry when it is on the same page (the API reference).
+
+Defaults written as module constants (``readers: int = DEFAULT_READERS``,
+``pool_size: int = _DEFAULT_POOL_SIZE``) would show the constant's name in the API
+reference, a private one at that; :class:`ConstantDefaults`, a griffe extension that
+``mkdocs.yml`` loads into mkdocstrings, shows the constant's value instead.
 """
 
 from __future__ import annotations
@@ -19,6 +24,7 @@ import re
 from pathlib import Path
 from typing import Any
 
+import griffe
 from mkdocs.config.defaults import MkDocsConfig
 from mkdocs.structure.files import File, Files
 from mkdocs.structure.pages import Page
@@ -86,3 +92,37 @@ def on_page_content(
         return f"<code>{text}</code>"
 
     return _ROLE.sub(render, html)
+
+
+class ConstantDefaults(griffe.Extension):
+    """Show a parameter's default as the value of the constant it names.
+
+    Only names of attributes of the package whose value is known from the source are
+    replaced (``4``, ``30.0``, ``64 * 1024 * 1024``); anything else is left as written.
+    """
+
+    def on_package(self, *, pkg: griffe.Module, loader: griffe.GriffeLoader, **kwargs: Any) -> None:
+        for function in _functions(pkg):
+            for parameter in function.parameters:
+                default = parameter.default
+                if not isinstance(default, griffe.ExprName):
+                    continue
+                try:
+                    constant = loader.modules_collection[default.canonical_path]
+                except (KeyError, ValueError):
+                    continue
+                if constant.is_attribute and constant.value is not None:
+                    parameter.default = constant.value
+
+
+def _functions(obj: griffe.Object) -> list[griffe.Function]:
+    """Every function and method defined in ``obj`` and below it (no aliases)."""
+    found: list[griffe.Function] = []
+    for member in obj.members.values():
+        if member.is_alias:
+            continue
+        if isinstance(member, griffe.Function):
+            found.append(member)
+        elif isinstance(member, griffe.Module | griffe.Class):
+            found.extend(_functions(member))
+    return found
