@@ -862,6 +862,10 @@ async def test_sql_that_is_not_a_string_is_refused_before_it_reaches_the_worker(
                     await conn.execute(bad, ())  # type: ignore[arg-type]
             with pytest.raises(TypeError, match="seq_of_params"):
                 await conn.executemany("INSERT INTO t VALUES (?, ?)", "xy")
+            with pytest.raises(TypeError, match=r"params must be .* not None"):
+                await conn.execute("SELECT 1", None)  # type: ignore[arg-type]
+        with pytest.raises(TypeError, match=r"params must be .* not None"):
+            await pool.fetchval("SELECT 1", None)  # type: ignore[arg-type]
         # Nothing was sent, so nothing began: the block committed nothing.
         stats = pool.statistics()
         assert (stats.rollbacks, stats.write.checkouts) == (0, 2)

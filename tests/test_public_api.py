@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import inspect
+import traceback
 import types
+import typing
 
 import litepool
 
@@ -33,3 +36,30 @@ def test_error_hierarchy() -> None:
     ):
         assert issubclass(error, litepool.PoolError)
     assert issubclass(litepool.PoolTimeout, TimeoutError)
+
+
+def test_public_names_report_the_package() -> None:
+    """Tracebacks and reprs name litepool.PoolTimeout, not a private module."""
+    for name in litepool.__all__:
+        obj = getattr(litepool, name)
+        if inspect.isclass(obj) or inspect.isfunction(obj):
+            expected = "litepool.aiosqlitepool" if name == "SQLiteConnectionPool" else "litepool"
+            assert obj.__module__ == expected, name
+    shown = traceback.format_exception_only(litepool.PoolTimeout("no connection"))
+    assert shown == ["litepool.PoolTimeout: no connection\n"]
+    assert repr(litepool.CheckpointResult(False, 0, 0)).startswith("CheckpointResult(")
+
+
+def test_classes_not_meant_for_subclassing_are_final() -> None:
+    for cls in (
+        litepool.Pool,
+        litepool.Checkout,
+        litepool.Connection,
+        litepool.Rows,
+        litepool.ExecuteResult,
+        litepool.Histogram,
+        litepool.LaneStatistics,
+        litepool.PoolStatistics,
+    ):
+        assert getattr(cls, "__final__", False) is True, cls
+    assert typing.get_type_hints(litepool.open_pool)["return"] is litepool.Pool

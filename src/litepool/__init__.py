@@ -10,6 +10,8 @@ owned by a task group that the pool's ``async with`` block opens::
             await conn.execute("UPDATE users SET name = ? WHERE id = ?", ("Ada", 1))
 """
 
+from types import FunctionType as _FunctionType
+
 from ._checkout import Checkout
 from ._connection import Connection, Rows
 from ._errors import (
@@ -63,3 +65,16 @@ __all__ = [
     "dict_row",
     "open_pool",
 ]
+
+
+def _report_as_litepool() -> None:
+    # Names defined in private modules report the package they are used from, in
+    # tracebacks and reprs: litepool.PoolTimeout, not litepool._errors.PoolTimeout.
+    for name in __all__:
+        obj = globals()[name]
+        if isinstance(obj, type | _FunctionType) and obj.__module__.startswith("litepool._"):
+            obj.__module__ = __name__
+
+
+_report_as_litepool()
+del _report_as_litepool

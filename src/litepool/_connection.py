@@ -17,7 +17,7 @@ from collections.abc import (
     Generator,
     Iterable,
 )
-from typing import TYPE_CHECKING, Any, Final, ParamSpec, TypeVar
+from typing import TYPE_CHECKING, Any, Final, ParamSpec, TypeVar, final
 
 from ._errors import ConnectionReleased, PoolError, PoolForked, TransactionAborted
 from ._fork import inherited
@@ -79,6 +79,11 @@ def check_sql(sql: object, params: object) -> None:
         return
     if not isinstance(sql, str):
         raise TypeError(f"sql must be a str, not {type(sql).__name__}: {sql!r}")
+    if params is None:
+        raise TypeError(
+            "params must be a sequence or a mapping of values, not None (for a statement "
+            "with no parameters, leave params out, or pass ())"
+        )
     if isinstance(params, str | bytes | bytearray):
         raise TypeError(
             f"params must be a sequence or a mapping of values, not {type(params).__name__} "
@@ -163,6 +168,7 @@ def _awaited(
     return call
 
 
+@final
 class Connection:
     """A checked-out connection: valid only inside the ``async with`` block that yielded it.
 
@@ -329,7 +335,8 @@ class Connection:
 
     @_awaited
     async def execute(self, sql: str, params: Params = ()) -> ExecuteResult:
-        """Run one statement; return its ``rowcount`` and ``lastrowid``."""
+        """Run one statement; return its ``rowcount``, ``lastrowid`` and the rows it
+        returned (a ``RETURNING`` clause's) in ``rows``."""
         check_sql(sql, params)
         result: ExecuteResult = await self._call(execute_job, sql, params)
         return result
@@ -417,6 +424,7 @@ class Connection:
             raise PoolError(f"{what}() is for pool.connection() handles; {hint}")
 
 
+@final
 class Rows(AsyncIterator[Any]):
     """Async iterator over a query's rows, fetched in chunks. See :meth:`Connection.iterate`."""
 

@@ -18,7 +18,7 @@ import logging
 import sqlite3
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Final
+from typing import TYPE_CHECKING, Any, Final, final
 
 import anyio.from_thread
 
@@ -34,6 +34,7 @@ logger = logging.getLogger("litepool")
 Params = Sequence[Any] | Mapping[str, Any]
 
 
+@final
 @dataclass(frozen=True, slots=True)
 class ExecuteResult:
     """What a statement run by ``execute`` or ``executemany`` reports: the rows changed,

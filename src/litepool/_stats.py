@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from bisect import bisect_left
 from dataclasses import dataclass
-from typing import Final
+from typing import Final, final
 
 #: Upper bounds, in seconds, of the buckets of every :class:`Histogram`. A value lands in
 #: the first bucket whose bound is greater than or equal to it; one last bucket, with no
@@ -32,6 +32,7 @@ class Recorder:
         return Histogram(HISTOGRAM_BOUNDS, tuple(self.counts), self.total)
 
 
+@final
 @dataclass(frozen=True, slots=True)
 class Histogram:
     """Durations counted per bucket.
@@ -55,6 +56,7 @@ class Histogram:
         return sum(self.counts)
 
 
+@final
 @dataclass(frozen=True, slots=True)
 class LaneStatistics:
     """One lane: the writer (``write``) or the readers (``read``)."""
@@ -73,7 +75,8 @@ class LaneStatistics:
     """Single statements queued through the pool's own methods (``pool.fetchone()``,
     ``pool.execute()``, ...) since the pool opened."""
     timeouts: int
-    """Checkouts that failed with :class:`~litepool.PoolTimeout`."""
+    """Checkouts and single statements that failed with :class:`~litepool.PoolTimeout`
+    because no connection of the lane became free in time."""
     acquire_wait: Histogram
     """How long each successful checkout (``pool.read()``, ``pool.write()``,
     ``pool.connection()``) waited for its connection; one that found a connection free
@@ -84,6 +87,7 @@ class LaneStatistics:
     included)."""
 
 
+@final
 @dataclass(frozen=True, slots=True)
 class PoolStatistics:
     """A consistent snapshot of the whole pool, taken without awaiting."""

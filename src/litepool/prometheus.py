@@ -66,7 +66,11 @@ _LANE_COUNTERS: Final[tuple[_LaneValue, ...]] = (
         "pool.execute(), ...) since the pool opened.",
         lambda lane: lane.statements,
     ),
-    ("timeouts", "Checkouts that failed with litepool.PoolTimeout.", lambda s: s.timeouts),
+    (
+        "timeouts",
+        "Checkouts and single statements that failed with litepool.PoolTimeout.",
+        lambda s: s.timeouts,
+    ),
 )
 
 _LANE_HISTOGRAMS: Final[tuple[_LaneHistogram, ...]] = (
