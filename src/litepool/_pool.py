@@ -8,7 +8,7 @@ import os
 import sqlite3
 from collections.abc import Callable, Iterable, Mapping
 from types import TracebackType
-from typing import TYPE_CHECKING, Any, Final, final
+from typing import TYPE_CHECKING, Any, Final, TypeVar, TypeVarTuple, Unpack, final
 
 import anyio
 import anyio.to_thread
@@ -50,6 +50,8 @@ from ._statements import (
     fetchone_job,
     fetchval_job,
     in_transaction,
+    run_user,
+    snapshot_job,
 )
 from ._stats import PoolStatistics
 from ._supervisor import Supervisor
@@ -57,6 +59,9 @@ from ._wal import CheckpointResult, WalState, check_mode
 from ._worker import Job
 
 logger = logging.getLogger("litepool")
+
+T = TypeVar("T")
+PosArgsT = TypeVarTuple("PosArgsT")
 
 
 class _Unset(enum.Enum):
@@ -368,6 +373,89 @@ class Pool:
             (wait, executemany_job, (sql, seq_of_params)),
             wait,
             "executemany",
+        )
+        return result
+
+    async def run_write(
+        self,
+        fn: Callable[[sqlite3.Connection, Unpack[PosArgsT]], T],
+        *args: *PosArgsT,
+        timeout: float | _Unset | None = _UNSET,
+    ) -> T:
+        """Run ``fn(sqlite3_connection, *args)`` on the writer's thread, as one
+        transaction of its own, and return what it returns (use :func:`functools.partial`
+        for keyword arguments).
+
+        ``BEGIN IMMEDIATE``, ``fn`` and ``COMMIT`` run as one job, in one round trip: the
+        fastest way to do a read-modify-write. If ``fn`` raises, the transaction is
+        rolled back and the exception raised here. It queues first come, first served
+        with :meth:`write` checkouts and single statements, and is batched with them.
+        Waits for the writer (and for another process's write lock) up to ``timeout``
+        seconds (default: the pool's ``acquire_timeout``). ``fn`` must not end the
+        transaction itself: ``COMMIT``, ``ROLLBACK`` and ``conn.commit()`` are refused
+        (:class:`~litepool.StatementRefused`); savepoints work. Do not keep the
+        connection beyond the call: it belongs to the pool.
+
+        Cancellation: if ``fn`` had not started it never runs; while it runs, its SQLite
+        statements are interrupted, and it is rolled back unless it has already
+        committed. A cancelled call may have committed (if the cancellation came after
+        the COMMIT).
+
+        ::
+
+            def transfer(db, source, target, amount):
+                (balance,) = db.execute(
+                    "SELECT balance FROM accounts WHERE id = ?", (source,)
+                ).fetchone()
+                if balance < amount:
+                    raise ValueError("insufficient funds")
+                db.execute(
+                    "UPDATE accounts SET balance = balance - ? WHERE id = ?",
+                    (amount, source),
+                )
+                db.execute(
+                    "UPDATE accounts SET balance = balance + ? WHERE id = ?",
+                    (amount, target),
+                )
+
+            await pool.run_write(transfer, 1, 2, 10)
+        """
+        if not callable(fn):
+            raise TypeError(f"run_write() needs a callable, not {fn!r}")
+        wait = self._timeout(timeout)
+        result: T = await self._statement(
+            Kind.WRITE,
+            in_transaction,
+            (wait, run_user, (fn, args)),
+            wait,
+            "run_write",
+        )
+        return result
+
+    async def run_read(
+        self,
+        fn: Callable[[sqlite3.Connection, Unpack[PosArgsT]], T],
+        *args: *PosArgsT,
+        timeout: float | _Unset | None = _UNSET,
+    ) -> T:
+        """Run ``fn(sqlite3_connection, *args)`` on a reader's thread, inside one read
+        transaction (every statement of ``fn`` sees the same snapshot of the
+        database), and return what it returns.
+
+        One job, in one round trip, queued like :meth:`fetchone` (``timeout`` as there).
+        The connection is read-only. Do not keep it beyond the call.
+
+        Cancellation: as for :meth:`fetchone`; nothing is held afterwards.
+        """
+        if not callable(fn):
+            raise TypeError(f"run_read() needs a callable, not {fn!r}")
+        wait = self._timeout(timeout)
+        result: T = await self._statement(
+            Kind.READ,
+            snapshot_job,
+            (fn, args),
+            wait,
+            "run_read",
         )
         return result
 

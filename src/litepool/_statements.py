@@ -220,6 +220,19 @@ def run_user(worker: Worker, fn: Callable[..., Any], args: tuple[Any, ...]) -> A
     return fn(_conn(worker), *args)
 
 
+def snapshot_job(worker: Worker, fn: Callable[..., Any], args: tuple[Any, ...]) -> Any:
+    """``fn(sqlite3_connection, *args)`` inside one read transaction, for
+    ``Pool.run_read``: every statement of it sees the same snapshot."""
+    conn = _conn(worker)
+    conn.execute("BEGIN")
+    try:
+        return fn(conn, *args)
+    finally:
+        _close_cursors(worker)
+        if conn.in_transaction:
+            conn.rollback()  # a read transaction: nothing to keep, and open cursors end
+
+
 # -- iterate() -------------------------------------------------------------------------
 
 
