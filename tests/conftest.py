@@ -6,6 +6,7 @@ import threading
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import AbstractAsyncContextManager
 from pathlib import Path
+from typing import Literal
 
 import anyio
 import anyio.abc
@@ -14,6 +15,8 @@ import pytest
 # Every async test runs on both backends. trio is a test dependency: if it is missing,
 # the trio half must fail loudly rather than disappear.
 import trio  # a test dependency: fail fast when the test environment lacks it
+
+import litepool
 
 
 @pytest.fixture(params=["asyncio", "trio"])
@@ -62,6 +65,25 @@ def start_signal() -> StartSignal:
     return StartSignal()
 
 
+def _nothing(conn: sqlite3.Connection) -> None:
+    pass
+
+
+@contextlib.asynccontextmanager
+async def bound_read(
+    pool: litepool.Pool, *, timeout: float | Literal["default"] | None = "default"
+) -> AsyncIterator[litepool.Connection]:
+    """A ``pool.read()`` block that holds a reader of its own from its start.
+
+    Read checkouts bind late: they take a reader at their first call that needs one
+    (``run_sync`` here). Tests that need a reader held, waited for or handed off use this.
+    """
+    checkout = pool.read() if timeout == "default" else pool.read(timeout=timeout)
+    async with checkout as conn:
+        await conn.run_sync(_nothing)
+        yield conn
+
+
 @contextlib.asynccontextmanager
 async def held_by_another_task(
     *checkouts: AbstractAsyncContextManager[object],
@@ -76,7 +98,9 @@ async def held_by_another_task(
     async def hold() -> None:
         async with contextlib.AsyncExitStack() as stack:
             for checkout in checkouts:
-                await stack.enter_async_context(checkout)
+                conn = await stack.enter_async_context(checkout)
+                if isinstance(conn, litepool.Connection) and conn.kind == "read":
+                    await conn.run_sync(_nothing)  # hold the reader, not only the handle
             held.set()
             await release.wait()
 

@@ -12,7 +12,7 @@ import pytest
 
 import litepool
 
-from .conftest import LONG_QUERY, StartSignal
+from .conftest import LONG_QUERY, StartSignal, bound_read
 
 pytestmark = pytest.mark.anyio
 
@@ -276,7 +276,7 @@ async def test_memory_database_is_shared_by_all_connections() -> None:
                 results.append(await conn.fetchval("SELECT count(*) FROM users"))
 
         results: list[int] = []
-        async with pool.read(), pool.read(), anyio.create_task_group() as tg:
+        async with bound_read(pool), bound_read(pool), anyio.create_task_group() as tg:
             tg.start_soon(count, results)  # the third reader, distinct from the two held
         assert results == [4]
     # A second ':memory:' pool is a different database.
@@ -343,7 +343,7 @@ async def test_connection_used_after_block_raises(db_path: str) -> None:
 
 async def test_one_task_can_hold_several_connections(db_path: str) -> None:
     async with litepool.open_pool(db_path, readers=2) as pool:
-        async with pool.read() as a, pool.read() as b, pool.write() as w:
+        async with bound_read(pool) as a, bound_read(pool) as b, pool.write() as w:
             assert pool.statistics().read.in_use == 2
             assert pool.statistics().write.in_use == 1
             assert await a.fetchval("SELECT 1") == await b.fetchval("SELECT 1")

@@ -19,7 +19,7 @@ import pytest
 
 import litepool
 
-from .conftest import LONG_QUERY, CancellableTask, StartSignal
+from .conftest import LONG_QUERY, CancellableTask, StartSignal, bound_read
 
 pytestmark = pytest.mark.anyio
 
@@ -36,11 +36,11 @@ async def test_cancelled_while_waiting_for_checkout(
     async with litepool.open_pool(db_path, readers=1) as pool:
 
         async def wait_for_reader() -> None:
-            async with pool.read():
+            async with bound_read(pool):
                 pass  # pragma: no cover
 
         waiter = CancellableTask(wait_for_reader, cancel_how, anyio_backend)
-        async with anyio.create_task_group() as tg, pool.read():
+        async with anyio.create_task_group() as tg, bound_read(pool):
             await tg.start(waiter.run)
             await anyio.wait_all_tasks_blocked()
             assert pool.statistics().read.waiting == 1
@@ -59,7 +59,7 @@ async def test_cancelled_in_the_same_step_as_the_hand_off(
 ) -> None:
     """The connection is released to a waiter and the waiter is cancelled before it runs."""
     async with litepool.open_pool(db_path, readers=1) as pool:
-        checkout = pool.read if lane == "read" else pool.write
+        checkout = (lambda: bound_read(pool)) if lane == "read" else pool.write
         got: list[str] = []
 
         def make_waiter(label: str) -> CancellableTask:
@@ -101,12 +101,12 @@ async def test_cancelled_in_the_same_step_as_the_hand_off_with_no_one_behind(
     async with litepool.open_pool(db_path, readers=1) as pool:
 
         async def wait() -> None:
-            async with pool.read():
+            async with bound_read(pool):
                 pass
 
         waiter = CancellableTask(wait, cancel_how, anyio_backend)
         async with anyio.create_task_group() as tg:
-            holder = pool.read()
+            holder = bound_read(pool)
             await holder.__aenter__()
             await tg.start(waiter.run)
             await anyio.wait_all_tasks_blocked()
@@ -118,8 +118,10 @@ async def test_cancelled_in_the_same_step_as_the_hand_off_with_no_one_behind(
             assert await conn.fetchval("SELECT 1") == 1
 
 
-async def test_timeouts_around_checkout_never_leak(db_path: str) -> None:
-    """``move_on_after`` around ``pool.read()`` under contention: every slot comes back."""
+@pytest.mark.parametrize("bound", [False, True], ids=["late", "bound"])
+async def test_timeouts_around_checkout_never_leak(db_path: str, bound: bool) -> None:
+    """``move_on_after`` around ``pool.read()`` under contention: every slot comes back,
+    whether the block's queries are dispatched or it holds a reader of its own."""
     async with litepool.open_pool(db_path, readers=2) as pool:
         completed = 0
 
@@ -129,7 +131,7 @@ async def test_timeouts_around_checkout_never_leak(db_path: str) -> None:
                 # Deadlines from 0 to 3.5 ms, and every eighth round none at all.
                 step = (index + round_) % 8
                 with anyio.move_on_after(0.0005 * step if step < 7 else None):
-                    async with pool.read() as conn:
+                    async with bound_read(pool) if bound else pool.read() as conn:
                         await conn.fetchval("SELECT ?", (index,))
                         completed += 1
 
@@ -139,7 +141,7 @@ async def test_timeouts_around_checkout_never_leak(db_path: str) -> None:
         assert_all_idle(pool)
         assert completed > 0
         # The full capacity is there: both readers at once, without waiting.
-        async with pool.read(timeout=0), pool.read(timeout=0):
+        async with bound_read(pool, timeout=0), bound_read(pool, timeout=0):
             pass
 
 

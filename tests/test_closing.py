@@ -17,7 +17,7 @@ import pytest
 
 import litepool
 
-from .conftest import litepool_threads
+from .conftest import bound_read, litepool_threads
 
 pytestmark = pytest.mark.anyio
 
@@ -41,6 +41,11 @@ async def _read_checkout(pool: litepool.Pool) -> Any:
         return await conn.fetchval("SELECT 1")
 
 
+async def _bound_read_checkout(pool: litepool.Pool) -> Any:
+    async with bound_read(pool) as conn:
+        return await conn.fetchval("SELECT 1")
+
+
 async def _write_checkout(pool: litepool.Pool) -> Any:
     async with pool.write() as conn:
         return await conn.execute("INSERT INTO t (v) VALUES ('in flight')")
@@ -51,6 +56,7 @@ CALLS: dict[str, tuple[str, Call]] = {
     "execute": ("write", _execute),
     "checkpoint": ("write", _checkpoint),
     "read checkout": ("read", _read_checkout),
+    "bound read checkout": ("read", _bound_read_checkout),
     "write checkout": ("write", _write_checkout),
 }
 
@@ -78,7 +84,7 @@ async def test_call_handed_a_connection_as_the_pool_closes_ends_promptly(
             try:
                 async with pool.connection() as conn:
                     await conn.execute("CREATE TABLE t (v)")
-                holder = pool.read() if lane == "read" else pool.connection()
+                holder = bound_read(pool) if lane == "read" else pool.connection()
                 await holder.__aenter__()
                 tg.start_soon(in_flight, pool)
                 await anyio.wait_all_tasks_blocked()

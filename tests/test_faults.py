@@ -31,7 +31,7 @@ from anyio.streams.buffered import BufferedByteReceiveStream
 
 import litepool
 
-from .conftest import LONG_QUERY, StartSignal, litepool_threads
+from .conftest import LONG_QUERY, StartSignal, bound_read, litepool_threads
 
 pytestmark = pytest.mark.anyio
 
@@ -70,7 +70,7 @@ async def serves(pool: litepool.Pool, new_id: int) -> None:
         await conn.execute("INSERT INTO t VALUES (?, ?)", (new_id, f"after-{new_id}"))
     async with contextlib.AsyncExitStack() as stack:
         for _ in range(pool.statistics().readers):
-            conn = await stack.enter_async_context(pool.read(timeout=5))
+            conn = await stack.enter_async_context(bound_read(pool, timeout=5))
             assert await conn.fetchval("SELECT v FROM t WHERE id = ?", (new_id,)) == (
                 f"after-{new_id}"
             )
@@ -642,7 +642,7 @@ async def test_calls_on_a_checkout_whose_thread_died_raise_connection_lost(
     with anyio.fail_after(20):
         async with litepool.open_pool(db_path, readers=1, name="held") as pool:
             await make_table(pool)
-            async with pool.read() as conn:
+            async with bound_read(pool) as conn:
                 assert await conn.fetchval("SELECT count(*) FROM t") == 3
                 kill_thread("litepool[held] reader-1")
                 # No event to wait on: the thread ends when its idle poll wakes it.
@@ -1014,16 +1014,19 @@ async def test_commit_that_fails_rolls_back_and_reports(db_path: str) -> None:
 
 
 @pytest.mark.parametrize("error", [KeyboardInterrupt, SystemExit])
-@pytest.mark.parametrize("kind", ["read", "write", "connection"])
+@pytest.mark.parametrize("kind", ["read", "bound read", "write", "connection"])
 async def test_interrupt_in_the_block_returns_the_connection(
     db_path: str, error: type[BaseException], kind: str
 ) -> None:
     async with litepool.open_pool(db_path, readers=2) as pool:
         await make_table(pool)
-        checkout = {"read": pool.read, "write": pool.write, "connection": pool.connection}[kind]
+        checkout = {"write": pool.write, "connection": pool.connection}.get(kind, pool.read)
         with pytest.raises(error):
             async with checkout() as conn:
-                if kind == "write":
+                if kind == "bound read":
+                    await conn.execute("BEGIN")
+                    await conn.fetchall("SELECT * FROM t")
+                elif kind == "write":
                     await conn.execute("INSERT INTO t VALUES (10, 'rolled back')")
                 elif kind == "connection":
                     await conn.execute("BEGIN")

@@ -11,6 +11,8 @@ import pytest
 
 import litepool
 
+from .conftest import bound_read
+
 pytestmark = pytest.mark.anyio
 
 
@@ -58,7 +60,7 @@ async def test_a_checkout_held_too_long_is_reported_with_its_stack(
 
         async def hold_and_forget() -> None:
             async with pool.read() as conn:
-                await conn.fetchval("SELECT 1")
+                await conn.execute("BEGIN")  # takes a reader of its own
                 await release.wait()
 
         async with anyio.create_task_group() as tg:
@@ -83,7 +85,7 @@ async def test_short_checkouts_are_not_reported(db_path: str, log_events: LogEve
                 await conn.fetchval("SELECT 1")
             async with pool.write() as conn:
                 await conn.execute("PRAGMA user_version")
-        async with pool.read():
+        async with bound_read(pool):
             await log_events.wait_for("has been checked out")  # the one held long
     assert sum("has been checked out" in message for message in log_events.messages) == 1
 
@@ -93,7 +95,9 @@ async def test_timeout_names_the_holders(db_path: str) -> None:
         release = anyio.Event()
 
         async def hold(checkout: litepool.Checkout) -> None:
-            async with checkout:
+            async with checkout as conn:
+                if conn.kind == "read":
+                    await conn.execute("BEGIN")  # takes a reader of its own
                 await release.wait()
 
         async with anyio.create_task_group() as tg:
@@ -101,7 +105,7 @@ async def test_timeout_names_the_holders(db_path: str) -> None:
             tg.start_soon(hold, pool.connection(), name="migrating-task")
             await anyio.wait_all_tasks_blocked()
             with pytest.raises(litepool.PoolTimeout) as excinfo:
-                async with pool.read(timeout=0):
+                async with bound_read(pool, timeout=0):
                     pass  # pragma: no cover
             assert str(excinfo.value).startswith(
                 "pool 'busy': no read connection became free within 0 s (in use: 1, idle: 0, "
@@ -127,7 +131,7 @@ async def test_without_leak_timeout_nothing_is_recorded(db_path: str) -> None:
         held, release = anyio.Event(), anyio.Event()
 
         async def hold() -> None:
-            async with pool.read():
+            async with bound_read(pool):
                 held.set()
                 await release.wait()
 
@@ -135,7 +139,7 @@ async def test_without_leak_timeout_nothing_is_recorded(db_path: str) -> None:
             tg.start_soon(hold)
             await held.wait()
             with pytest.raises(litepool.PoolTimeout) as excinfo:
-                async with pool.read(timeout=0):
+                async with bound_read(pool, timeout=0):
                     pass  # pragma: no cover
             release.set()
         assert "held by" not in str(excinfo.value)

@@ -13,7 +13,7 @@ import pytest
 
 import litepool
 
-from .conftest import held_by_another_task, litepool_threads
+from .conftest import bound_read, held_by_another_task, litepool_threads
 
 pytestmark = pytest.mark.anyio
 
@@ -43,19 +43,23 @@ async def test_timeout_names_lane_timeout_and_counts(db_path: str) -> None:
     async with litepool.open_pool(db_path, readers=1, acquire_timeout=0.05, name="tiny") as pool:
         async with held_by_another_task(pool.read()):
             with pytest.raises(litepool.PoolTimeout) as excinfo:
-                async with pool.read():
+                async with pool.read() as conn:
+                    await conn.fetchval("SELECT 1")  # pragma: no cover
+            with pytest.raises(litepool.PoolTimeout) as bound_excinfo:
+                async with bound_read(pool):
                     pass  # pragma: no cover
         message = str(excinfo.value)
         assert message == (
             "pool 'tiny': no read connection became free within 0.05 s "
             "(in use: 1, idle: 0, waiting: 0)"
         )
+        assert str(bound_excinfo.value) == message
         async with held_by_another_task(pool.write()):
             with pytest.raises(litepool.PoolTimeout, match=r"no write connection .* within 0 s"):
                 async with pool.write(timeout=0):
                     pass  # pragma: no cover
         stats = pool.statistics()
-        assert (stats.read.timeouts, stats.write.timeouts) == (1, 1)
+        assert (stats.read.timeouts, stats.write.timeouts) == (2, 1)
         assert (stats.read.idle, stats.write.idle) == (1, 1)
         # Still serving after the timeouts.
         async with pool.read(timeout=0) as conn:
@@ -66,16 +70,17 @@ async def test_timeout_message_counts_other_waiters(db_path: str) -> None:
     async with litepool.open_pool(db_path, readers=1, acquire_timeout=None) as pool:
 
         async def patient() -> None:
-            async with pool.read():
+            async with bound_read(pool):
                 pass
 
         async with anyio.create_task_group() as tg, held_by_another_task(pool.read()):
             tg.start_soon(patient)
             await anyio.wait_all_tasks_blocked()
             with pytest.raises(litepool.PoolTimeout, match=r"in use: 1, idle: 0, waiting: 1\)"):
-                async with pool.read(timeout=0):
+                async with bound_read(pool, timeout=0):
                     pass  # pragma: no cover
-        assert pool.statistics().read.checkouts == 2
+        # The holder, the patient one and the block whose reader timed out.
+        assert pool.statistics().read.checkouts == 3
 
 
 async def test_waiters_are_served_first_come_first_served(db_path: str) -> None:

@@ -14,6 +14,8 @@ import pytest
 
 import litepool
 
+from .conftest import bound_read
+
 pytestmark = pytest.mark.anyio
 
 THIS_FILE = os.path.basename(__file__)
@@ -34,8 +36,15 @@ WRITER_CALLS: dict[str, Call] = {
     "pool.checkpoint()": lambda pool: pool.checkpoint(),
 }
 
+
+async def _query_in(checkout: litepool.Checkout) -> None:
+    async with checkout as conn:
+        await conn.fetchval("SELECT 1")  # pragma: no cover
+
+
 READER_CALLS: dict[str, Call] = {
-    "pool.read()": lambda pool: _enter(pool.read()),
+    "pool.read()": lambda pool: _enter(bound_read(pool)),
+    "pool.read() query": lambda pool: _query_in(pool.read()),
     "pool.fetchone()": lambda pool: pool.fetchone("SELECT 1"),
     "pool.fetchall()": lambda pool: pool.fetchall("SELECT 1"),
     "pool.fetchval()": lambda pool: pool.fetchval("SELECT 1"),
@@ -82,7 +91,7 @@ async def test_reader_call_in_a_task_holding_every_reader_raises_at_once(
 ) -> None:
     async with litepool.open_pool(tmp_path / "t.db", readers=2, acquire_timeout=None) as pool:
         with anyio.fail_after(5):
-            async with pool.read(), pool.read():
+            async with bound_read(pool), bound_read(pool):
                 with pytest.raises(litepool.WouldDeadlock, match=r"every reader \(2\)"):
                     await READER_CALLS[inner](pool)
         stats = pool.statistics().read

@@ -45,7 +45,14 @@ from hypothesis.stateful import (
 
 import litepool
 
-from .conftest import LONG_QUERY, CancellableTask, LoopWatchdog, StartSignal, litepool_threads
+from .conftest import (
+    LONG_QUERY,
+    CancellableTask,
+    LoopWatchdog,
+    StartSignal,
+    bound_read,
+    litepool_threads,
+)
 
 T = TypeVar("T")
 
@@ -77,6 +84,13 @@ async def apply_to_db(conn: litepool.Connection, ops: list[Op]) -> None:
             await conn.execute(UPSERT, (key, value))
         else:
             await conn.execute("DELETE FROM kv WHERE k = ?", (key,))
+
+
+async def wait_settled(holder: Holder) -> None:
+    """Return once ``holder`` has its connection or gave up (its binding call may still
+    be on the reader's thread when every task counts as blocked)."""
+    with anyio.fail_after(STEP_TIMEOUT):
+        await holder.settled.wait()
 
 
 async def settle() -> None:
@@ -112,6 +126,8 @@ class Holder:
     lane: str
     task: CancellableTask
     release: anyio.Event
+    #: Set once the holder has its connection, or has given up waiting for one.
+    settled: anyio.Event
     acquired: bool = False
     future: concurrent.futures.Future[Any] | None = None
 
@@ -417,15 +433,25 @@ class PoolMachine(RuleBasedStateMachine):
             return anyio.Event()
 
         release = self.portal.call(new_event)
-        checkout = getattr(self.pool, kind)
+        settled = self.portal.call(new_event)
         holder: Holder
 
         async def hold() -> None:
-            async with checkout(timeout=None):
-                holder.acquired = True
-                await release.wait()
+            # A read block takes its reader at the first call that needs one.
+            checkout = (
+                bound_read(self.pool, timeout=None)
+                if kind == "read"
+                else getattr(self.pool, kind)(timeout=None)
+            )
+            try:
+                async with checkout:
+                    holder.acquired = True
+                    settled.set()
+                    await release.wait()
+            finally:
+                settled.set()
 
-        holder = Holder(lane, CancellableTask(hold, how, self.backend), release)
+        holder = Holder(lane, CancellableTask(hold, how, self.backend), release, settled)
         holder.future, _ = self.portal.start_task(holder.task.run)
         self.portal.call(settle)
         return holder
@@ -437,6 +463,9 @@ class PoolMachine(RuleBasedStateMachine):
         if not model.free:
             return
         holder = self._start_holder(lane, "read" if lane == "read" else kind, how)
+        if lane == "read":
+            # Binding the reader runs a call on its thread, which counts as blocked.
+            self.portal.call(wait_settled, holder)
         assert holder.acquired
         model.holders.append(holder)
         model.checkouts += 1
@@ -450,6 +479,8 @@ class PoolMachine(RuleBasedStateMachine):
         holder = self._start_holder(lane, "read" if lane == "read" else "connection", how)
         assert not holder.acquired
         model.waiters.append(holder)
+        if lane == "read":
+            model.checkouts += 1  # a read block is a checkout from its start
 
     def _finished(self, holder: Holder) -> str | None:
         assert holder.future is not None
@@ -460,9 +491,13 @@ class PoolMachine(RuleBasedStateMachine):
         """A connection came back: the first waiter, if any, now holds it."""
         if model.waiters:
             waiter = model.waiters.pop(0)
+            if model is self.lanes["read"]:
+                # Its binding call is on the reader's thread now, or never will be.
+                self.portal.call(wait_settled, waiter)
             assert waiter.acquired, "the connection did not go to the first waiter"
             model.holders.append(waiter)
-            model.checkouts += 1
+            if model is not self.lanes["read"]:  # counted when its block began
+                model.checkouts += 1
 
     @precondition(lambda self: any(m.holders for m in self.lanes.values()))
     @rule(lane=lanes, index=st.integers(0, 5), cancel=st.booleans())
@@ -500,11 +535,17 @@ class PoolMachine(RuleBasedStateMachine):
 
         async def step() -> None:
             with pytest.raises(litepool.PoolTimeout, match=f"no {lane} connection"):
-                async with checkout(timeout=timeout):
-                    pass  # pragma: no cover
+                if lane == "read":
+                    async with bound_read(self.pool, timeout=timeout):
+                        pass  # pragma: no cover
+                else:
+                    async with checkout(timeout=timeout):
+                        pass  # pragma: no cover
 
         self.run(step)
         model.timeouts += 1
+        if lane == "read":
+            model.checkouts += 1  # the block began; binding its reader timed out
 
     @precondition(lambda self: not any(m.holders or m.waiters for m in self.lanes.values()))
     @rule()

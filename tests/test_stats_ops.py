@@ -7,6 +7,8 @@ import pytest
 
 import litepool
 
+from .conftest import bound_read
+
 pytestmark = pytest.mark.anyio
 
 
@@ -59,11 +61,11 @@ async def test_a_waiting_checkout_records_its_wait_and_the_holder_its_usage(
         got_it = anyio.Event()
 
         async def waiter() -> None:
-            async with pool.read():
+            async with bound_read(pool):
                 got_it.set()
 
         async with anyio.create_task_group() as tg:
-            async with pool.read():
+            async with bound_read(pool):
                 tg.start_soon(waiter)
                 await anyio.wait_all_tasks_blocked()
                 await anyio.sleep(0.02)  # held, and waited for, at least this long

@@ -19,7 +19,7 @@ import pytest
 
 import litepool
 from litepool._supervisor import LIFETIME_JITTER, Reader, due, lifetime_deadline
-from tests.conftest import CancellableTask, litepool_threads
+from tests.conftest import CancellableTask, bound_read, litepool_threads
 
 pytestmark = pytest.mark.anyio
 
@@ -192,7 +192,7 @@ async def test_broken_connection_held_by_a_checkout_leaves_when_given_back(
     fds = FileDescriptors(db_path)
     async with litepool.open_pool(db_path, readers=1, configure=fds, **FAULTY, name="held") as pool:
         await make_table(pool)
-        async with pool.read() as conn:
+        async with bound_read(pool) as conn:
             assert await conn.fetchval("SELECT count(*) FROM t") == 100
             fds.break_connection(1)
             await pool.execute("INSERT INTO t VALUES (100, 'new')")
@@ -376,7 +376,7 @@ async def test_resize_grows_and_shrinks_the_readers(db_path: str) -> None:
         assert pool.statistics().read.size == 3
         assert len(litepool_threads()) == 4
         async with contextlib.AsyncExitStack() as stack:
-            conns = [await stack.enter_async_context(pool.read(timeout=5)) for _ in range(3)]
+            conns = [await stack.enter_async_context(bound_read(pool, timeout=5)) for _ in range(3)]
             for conn in conns:
                 assert await conn.fetchval("SELECT count(*) FROM t") == 100
             await pool.resize(1)  # every reader is held: each leaves when given back

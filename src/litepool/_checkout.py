@@ -13,6 +13,7 @@ the last one left.
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import sys
@@ -27,12 +28,12 @@ from ._errors import PoolClosed, TransactionAborted
 from ._file import DatabaseFile
 from ._interrupt import protected
 from ._lane import Kind, Lane
+from ._leaks import LeakTracker, Where, where
 from ._statements import check_job, commit_or_rollback, reset
 from ._worker import Job, Worker
 
 if TYPE_CHECKING:
     from ._bridge import Bridge
-    from ._leaks import LeakTracker
 
 logger = logging.getLogger("litepool")
 
@@ -58,6 +59,7 @@ class Checkout:
 
     __slots__ = (
         "_conn",
+        "_entered",
         "_kind",
         "_lane",
         "_line",
@@ -66,6 +68,7 @@ class Checkout:
         "_start",
         "_task",
         "_timeout",
+        "_unbound",
         "_where",
     )
 
@@ -81,7 +84,11 @@ class Checkout:
         self._lane: Lane | None = None
         self._setup: CheckoutSetup | None = None
         self._conn: Connection | None = None
+        # Who entered a pool.read() block, and where, for the leak report once it binds.
+        self._entered: Where | None = None
         self._start = 0.0
+        # A pool.read() block that has not tried to take a reader (see __aexit__).
+        self._unbound = True
         # The task that entered the checkout (see Lane.acquire).
         self._task: object = None
         self._where = ""
@@ -100,24 +107,71 @@ class Checkout:
         self._task = setup.bridge.current_task()
         caller = sys._getframe(1)
         self._where, self._line = caller.f_code.co_filename, caller.f_lineno
+        if self._kind is Kind.READ and setup.check is None:
+            # Bound late: no reader of its own until a call needs one (see Connection).
+            # With check=True the reader is taken, and checked, here, as the option says.
+            if setup.leaks is not None:
+                self._entered = where()
+            # Every block entered is a checkout, whether or not it ever binds.
+            lane.entered()
+            conn = Connection(
+                None,
+                setup.bridge,
+                self._kind,
+                setup.pool_name,
+                setup.chunk_size,
+                self._timeout,
+                bind=self._bind,
+                dispatch=functools.partial(lane.run, timeout=self._timeout, what="pool.read()"),
+            )
+        else:
+            worker, waited = await self._acquire(lane, setup)
+            lane.checked_out(waited)
+            self._took(setup)
+            conn = Connection(
+                worker, setup.bridge, self._kind, setup.pool_name, setup.chunk_size, self._timeout
+            )
+        self._conn = conn
+        return conn
+
+    def _took(self, setup: CheckoutSetup) -> None:
+        """The checkout holds a connection of its own from now on."""
+        start = self._start = monotonic()
+        if setup.leaks is not None:
+            setup.leaks.add(self, self._kind.value, start, self._entered)
+
+    async def _acquire(self, lane: Lane, setup: CheckoutSetup) -> tuple[Worker, float | None]:
+        """A connection of the lane, and how long it took (None: it was free); with
+        ``check=True``, one that passes its check."""
         # One clock read when a connection is free; two when the checkout has to wait.
         if lane.idle and not lane.waiting and setup.check is None:
-            worker = await lane.acquire(self._timeout, self)
-            start = self._start = monotonic()
-            lane.checked_out(None)
-        else:
-            began = monotonic()
-            worker = await lane.acquire(self._timeout, self, self._kind.checkout)
-            if setup.check is not None:
-                worker = await self._checked(lane, setup, worker, began)
-            start = self._start = monotonic()
-            lane.checked_out(start - began)
-        if setup.leaks is not None:
-            setup.leaks.add(self, self._kind.value, start)
-        conn = self._conn = Connection(
-            worker, setup.bridge, self._kind, setup.pool_name, setup.chunk_size, self._timeout
-        )
-        return conn
+            return await lane.acquire(self._timeout, self), None
+        began = monotonic()
+        worker = await lane.acquire(self._timeout, self, self._kind.checkout)
+        if setup.check is not None:
+            worker = await self._checked(lane, setup, worker, began)
+        return worker, monotonic() - began
+
+    async def _bind(self) -> Worker:
+        """A reader of its own for a ``pool.read()`` block, from its first call that needs
+        one on (a transaction, ``iterate()``, ``run_sync``, a pragma ...)."""
+        lane, setup = self._lane, self._setup
+        assert lane is not None
+        assert setup is not None
+        try:
+            worker, waited = await self._acquire(lane, setup)
+        except BaseException:
+            self._unbound = False  # timed out or cancelled: it waited for nothing it got
+            raise
+        conn = self._conn
+        assert conn is not None
+        if conn.released:
+            # The block ended while a call from a task that outlived it took the reader.
+            lane.release(worker)
+            conn._usable()  # raises ConnectionReleased
+        lane.waited(waited)
+        self._took(setup)
+        return worker
 
     @protected
     async def _checked(
@@ -165,11 +219,18 @@ class Checkout:
         assert conn is not None
         assert lane is not None
         assert setup is not None
+        worker, ending, reason = conn._finish(exc_type is None)
+        if worker is None:
+            if self._unbound:
+                # A pool.read() block that never needed a reader of its own: it waited
+                # for none.
+                lane.waited(None)
+            lane.returned(0.0)
+            return
         now = monotonic()
         lane.returned(now - self._start)
         if setup.leaks is not None:
             setup.leaks.remove(self, now)
-        worker, ending, reason = conn._finish(exc_type is None)
         if ending is Ending.COMMIT:
             if worker.stopping:
                 lane.release(worker)

@@ -9,15 +9,19 @@ from __future__ import annotations
 
 import enum
 import functools
+import re
 from collections import deque
 from collections.abc import (
     AsyncIterator,
+    Awaitable,
     Callable,
     Coroutine,
     Generator,
     Iterable,
 )
 from typing import TYPE_CHECKING, Any, Final, ParamSpec, TypeVar, final
+
+import anyio
 
 from ._errors import ConnectionReleased, PoolError, PoolForked, TransactionAborted
 from ._fork import inherited
@@ -67,6 +71,19 @@ class Ending(enum.Enum):
     ABORTED = "aborted"
     """A ``pool.write()`` block that ended normally with its transaction void: reset,
     and raise :class:`~litepool.TransactionAborted`."""
+
+
+# The first word of a statement, after white space and comments.
+_FIRST_WORD: Final = re.compile(r"(?:\s+|--[^\n]*(?:\n|$)|/\*.*?\*/)*([A-Za-z]*)", re.DOTALL)
+_QUERY_WORDS: Final = frozenset({"SELECT", "WITH", "VALUES"})
+
+
+@functools.lru_cache(maxsize=512)
+def is_query(sql: str) -> bool:
+    """Whether ``sql`` is a plain query (``SELECT``, ``WITH``, ``VALUES``), which needs
+    no state of its connection: not a transaction, a pragma, a temporary table ..."""
+    match = _FIRST_WORD.match(sql)
+    return match is not None and match.group(1).upper() in _QUERY_WORDS
 
 
 def _begin_failed(worker: Worker) -> bool:
@@ -182,12 +199,16 @@ class Connection:
     __slots__ = (
         "_aborted",
         "_begin_pending",
+        "_bind",
+        "_binding",
         "_bridge",
         "_dirty",
+        "_dispatch",
         "_inflight",
         "_iterators",
         "_kind",
         "_pool_name",
+        "_released",
         "_timeout",
         "_worker",
         "chunk_size",
@@ -195,14 +216,24 @@ class Connection:
 
     def __init__(
         self,
-        worker: Worker,
+        worker: Worker | None,
         bridge: Bridge,
         kind: Kind,
         pool_name: str,
         chunk_size: int,
         timeout: float | None,
+        *,
+        bind: Callable[[], Awaitable[Worker]] | None = None,
+        dispatch: Callable[[Job], Awaitable[Any]] | None = None,
     ) -> None:
-        self._worker: Worker | None = worker
+        # The connection's worker; None for a pool.read() handle not bound to a reader
+        # yet: its plain queries are dispatched (``dispatch``) like pool.fetchone(), and
+        # the first call that needs a reader of its own takes one (``bind``).
+        self._worker = worker
+        self._bind = bind
+        self._binding: anyio.Event | None = None
+        self._dispatch = dispatch
+        self._released = False
         self._bridge = bridge
         self._kind = kind
         self._pool_name = pool_name
@@ -219,7 +250,7 @@ class Connection:
         self.chunk_size: int = chunk_size
 
     def __repr__(self) -> str:
-        state = "released" if self._worker is None else "active"
+        state = "released" if self._released else "active"
         return f"<litepool.Connection {self._kind.value} of pool {self._pool_name!r} ({state})>"
 
     @property
@@ -230,17 +261,20 @@ class Connection:
     @property
     def released(self) -> bool:
         """True once the ``async with`` block has ended."""
-        return self._worker is None
+        return self._released
 
     # -- plumbing --------------------------------------------------------------------
 
-    def _usable(self) -> Worker:
+    def _usable(self) -> Worker | None:
+        """The connection's worker (None: not bound yet), if calls may use it."""
+        if self._released:
+            raise ConnectionReleased(
+                f"this {self._kind.value} connection of pool {self._pool_name!r} was used "
+                "after its 'async with' block ended; check out a new one"
+            )
         worker = self._worker
         if worker is None:
-            raise ConnectionReleased(
-                f"this {self._kind.value} connection of pool {self._pool_name!r} was used after "
-                "its 'async with' block ended; check out a new one"
-            )
+            return None
         if worker.stopping:
             if inherited(worker):
                 raise PoolForked(
@@ -253,8 +287,25 @@ class Connection:
         return worker
 
     @protected
-    async def _call(self, fn: Callable[..., Any], *args: Any, interruptible: bool = True) -> Any:
+    async def _call(
+        self, fn: Callable[..., Any], *args: Any, interruptible: bool = True, plain: bool = False
+    ) -> Any:
+        """Run ``fn(worker, *args)`` on the connection's thread and return its result.
+
+        ``plain`` says that the call needs no state of the connection (a query): a
+        handle not bound to a reader then dispatches it like ``pool.fetchone()``.
+        """
         worker = self._usable()
+        if worker is None:
+            assert self._bind is not None
+            assert self._dispatch is not None
+            if plain:
+                self._inflight += 1
+                try:
+                    return await self._dispatch(Job(fn, args, interruptible))
+                finally:
+                    self._inflight -= 1
+            worker = await self._bound()
         began = self._begin_pending
         if began:
             self._begin_pending = False
@@ -302,13 +353,35 @@ class Connection:
             raise error
         return job.result
 
+    async def _bound(self) -> Worker:
+        """The reader of this ``pool.read()`` handle, taken now if it has none yet.
+
+        One call takes it; calls made meanwhile (from other tasks) wait for that one and
+        use the same reader, or try in turn if it failed or was cancelled.
+        """
+        while (binding := self._binding) is not None:
+            await binding.wait()
+            worker = self._usable()
+            if worker is not None:
+                return worker
+        assert self._bind is not None
+        binding = self._binding = anyio.Event()
+        try:
+            worker = self._worker = await self._bind()
+        finally:
+            self._binding = None
+            binding.set()
+        return worker
+
     @protected
-    def _finish(self, ended_normally: bool) -> tuple[Worker, Ending, str]:
-        """The block has ended: detach from the connection, and say what must happen to
-        it (and, for :attr:`Ending.ABORTED`, why)."""
+    def _finish(self, ended_normally: bool) -> tuple[Worker | None, Ending, str]:
+        """The block has ended: detach from the connection (None: it never took one),
+        and say what must happen to it (and, for :attr:`Ending.ABORTED`, why)."""
         worker = self._worker
-        assert worker is not None
         self._worker = None
+        self._released = True
+        if worker is None:
+            return None, Ending.RELEASE, ""
         if self._kind is WRITE and ended_normally and not self._begin_pending:
             if self._aborted is not None:
                 return worker, Ending.ABORTED, self._aborted
@@ -338,7 +411,9 @@ class Connection:
         """Run one statement; return its ``rowcount``, ``lastrowid`` and the rows it
         returned (a ``RETURNING`` clause's) in ``rows``."""
         check_sql(sql, params)
-        result: ExecuteResult = await self._call(execute_job, sql, params)
+        result: ExecuteResult = await self._call(
+            execute_job, sql, params, plain=self._worker is None and is_query(sql)
+        )
         return result
 
     @_awaited
@@ -365,18 +440,24 @@ class Connection:
     async def fetchone(self, sql: str, params: Params = ()) -> Any:
         """The first row of the result, or None."""
         check_sql(sql, params)
-        return await self._call(fetchone_job, sql, params)
+        return await self._call(
+            fetchone_job, sql, params, plain=self._worker is None and is_query(sql)
+        )
 
     async def fetchall(self, sql: str, params: Params = ()) -> list[Any]:
         """Every row of the result."""
         check_sql(sql, params)
-        rows: list[Any] = await self._call(fetchall_job, sql, params)
+        rows: list[Any] = await self._call(
+            fetchall_job, sql, params, plain=self._worker is None and is_query(sql)
+        )
         return rows
 
     async def fetchval(self, sql: str, params: Params = ()) -> Any:
         """The first column of the first row, or None if there is no row."""
         check_sql(sql, params)
-        return await self._call(fetchval_job, sql, params)
+        return await self._call(
+            fetchval_job, sql, params, plain=self._worker is None and is_query(sql)
+        )
 
     def iterate(self, sql: str, params: Params = (), *, chunk_size: int | None = None) -> Rows:
         """Stream the rows of a query, fetching ``chunk_size`` rows per round trip.

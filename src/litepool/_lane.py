@@ -31,7 +31,7 @@ from ._errors import PoolClosed, PoolError, PoolTimeout, WouldDeadlock
 from ._handoff import HandOff
 from ._interrupt import protected
 from ._stats import LaneStatistics, Recorder
-from ._worker import MAX_BATCH, Job, JobCost, Worker
+from ._worker import LONG_JOB, MAX_BATCH, Job, JobCost, Worker
 
 if TYPE_CHECKING:
     from ._bridge import Bridge
@@ -39,8 +39,10 @@ if TYPE_CHECKING:
 #: Single statements gather on as few threads as possible, which then stay awake and
 #: answer many statements per wake-up, as long as a connection's queue is expected to be
 #: done within this many seconds (queued statements times the lane's average job time)
-#: and it has answered something within them; past that, the next statement goes to a
-#: less busy connection, so that long statements run side by side on several threads.
+#: and it has answered something within ``LONG_JOB``; past that, the next statement goes
+#: to a less busy connection, so that long statements run side by side on several
+#: threads. (Answers reach the loop only between its steps: a burst of tasks that keeps
+#: the loop busy for a few milliseconds must not look like a thread that is stuck.)
 SPILL_AFTER: Final = 0.002
 #: ... and never more statements than the thread answers in one batch.
 SPILL_DEPTH: Final = MAX_BATCH
@@ -218,6 +220,14 @@ class Lane:
         """A checkout got its connection after waiting ``waited`` seconds (None: it
         found one free)."""
         self.checkouts += 1
+        self.waited(waited)
+
+    def entered(self) -> None:
+        """A late-binding checkout's block began; its wait is recorded when it binds."""
+        self.checkouts += 1
+
+    def waited(self, waited: float | None) -> None:
+        """A checkout waited ``waited`` seconds for its connection (None: none)."""
         if waited is None:
             self._acquire_wait.add_zero()
         else:
@@ -280,6 +290,7 @@ class Lane:
         """Queue a self-contained ``job`` now if that needs no waiting, else return None."""
         if self.idle and not self._queue.waiting and not self.closed:
             worker = self._gathering()
+            job.movable = True
             worker.submit(job)
             self.statements += statement
             return worker
@@ -297,6 +308,7 @@ class Lane:
         while waiting behaves as in :meth:`acquire`.
         """
         worker = await self.acquire(timeout, what=what)
+        job.movable = True
         worker.submit(job)
         self.statements += statement
         self.release(worker)
@@ -344,9 +356,30 @@ class Lane:
                 # Gather on a busy connection only while it keeps answering: one that has
                 # been on the same work for a while is running something long.
                 now = now or time.monotonic()
-                if now - worker.progress < SPILL_AFTER:
+                if now - worker.progress < LONG_JOB:
                     return worker
         return self._least_busy()
+
+    @protected
+    def spill(self, worker: Worker) -> None:
+        """``worker`` has been running one statement for a while: the single statements
+        gathered behind it move to a connection with nothing to do, if there is one."""
+        if worker not in self.workers or self.closed:
+            return
+        held, retiring = self._held, self._retiring
+        for target in self.workers:
+            if (
+                target is not worker
+                and not target.queued
+                and target not in held
+                and target not in retiring
+                and not target.stopping
+            ):
+                break
+        else:
+            return
+        for job in worker.take_movable():
+            target.submit(job)
 
     # -- closing and statistics ----------------------------------------------------------
 

@@ -10,6 +10,7 @@ task and showing that stack; when the connection comes back, it logs that too.
 from __future__ import annotations
 
 import logging
+import os
 import time
 import traceback
 from typing import Final
@@ -22,6 +23,22 @@ logger = logging.getLogger("litepool")
 
 #: Frames of the checkout's stack kept for the report (innermost last).
 STACK_LIMIT: Final = 32
+_PACKAGE: Final = os.path.dirname(os.path.abspath(__file__))
+
+
+#: The task and the stack of a checkout's ``async with``.
+Where = tuple[str, traceback.StackSummary]
+
+
+def where() -> Where:
+    """The current task's name and its stack, up to the pool's own frames."""
+    stack = traceback.extract_stack(limit=STACK_LIMIT + 8)
+    # Up to the caller's own code: the pool's frames (a checkout's __aenter__, or the
+    # call that made a pool.read() block take its reader) say nothing.
+    while stack and os.path.dirname(stack[-1].filename) == _PACKAGE:
+        stack.pop()
+    del stack[:-STACK_LIMIT]
+    return str(anyio.get_current_task().name), stack
 
 
 class _Record:
@@ -47,11 +64,12 @@ class LeakTracker(BackgroundTask):
         self._reported: dict[object, _Record] = {}
         self.reported = 0
 
-    def add(self, checkout: object, kind: str, start: float) -> None:
-        """Record a checkout made at ``start`` (``time.monotonic()``) by the current task."""
-        stack = traceback.extract_stack(limit=STACK_LIMIT + 2)
-        del stack[-2:]  # this method and the pool's own __aenter__
-        self._active[checkout] = _Record(kind, str(anyio.get_current_task().name), start, stack)
+    def add(self, checkout: object, kind: str, start: float, entered: Where | None = None) -> None:
+        """Record a checkout holding a connection since ``start`` (``time.monotonic()``),
+        entered by the current task here, or by the task and at the place in ``entered``
+        (see :func:`where`)."""
+        task, stack = entered if entered is not None else where()
+        self._active[checkout] = _Record(kind, task, start, stack)
 
     def remove(self, checkout: object, now: float) -> None:
         if self._active.pop(checkout, None) is not None:

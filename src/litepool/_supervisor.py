@@ -279,6 +279,7 @@ class Supervisor:
             cost=self._costs[lane],
             on_broken=functools.partial(bridge.call_soon, self._broken),
             on_exit=functools.partial(bridge.call_soon, self._thread_exited),
+            on_long=None if lane == "write" else functools.partial(bridge.call_soon, self._spill),
         )
 
     @protected
@@ -383,6 +384,13 @@ class Supervisor:
 
     def _lane_of(self, worker: Worker) -> Lane | None:
         return self.write_lane if worker.role == "writer" else self.read_lane
+
+    @protected
+    def _spill(self, worker: Worker) -> None:
+        """A statement has run long on ``worker`` while others wait behind it."""
+        lane = self._lane_of(worker)
+        if lane is not None:
+            lane.spill(worker)
 
     @protected
     def _broken(self, worker: Worker) -> None:

@@ -36,6 +36,13 @@ IDLE_POLL_SECONDS: Final = 1.0
 #: Finished jobs are posted to the loop at the latest when this many have gathered.
 MAX_BATCH: Final = 64
 
+#: A statement that has run this long (seconds) is long: the single statements queued
+#: behind it move to an idle connection (checked at the progress handler's pace). Well
+#: above the GIL's switch interval (5 ms): a short statement whose thread waits for the
+#: GIL while the event loop runs must not count as long, or a batch gathered on one
+#: thread would scatter over every reader.
+LONG_JOB: Final = 0.02
+
 #: The progress handler runs every this many SQLite VM instructions (about a
 #: millisecond); it stops a cancelled statement that had not yet started when
 #: ``interrupt()`` was called, which SQLite would otherwise forget. Each call takes the
@@ -98,7 +105,19 @@ class Job:
     here. ``done`` and ``waker`` are touched only on the event loop thread.
     """
 
-    __slots__ = ("args", "cancelled", "done", "error", "fn", "interruptible", "result", "waker")
+    __slots__ = (
+        "args",
+        "cancelled",
+        "done",
+        "error",
+        "fn",
+        "interruptible",
+        "movable",
+        "result",
+        "runner",
+        "started",
+        "waker",
+    )
 
     fn: JobFn
     args: tuple[Any, ...]
@@ -108,6 +127,9 @@ class Job:
     result: Any
     error: BaseException | None
     waker: Any
+    movable: bool
+    runner: Worker | None
+    started: bool
 
     def __init__(self, fn: JobFn, args: tuple[Any, ...] = (), interruptible: bool = True) -> None:
         self.fn = fn
@@ -118,6 +140,14 @@ class Job:
         self.result: Any = None
         self.error: BaseException | None = None
         self.waker: Any = None
+        #: Whether any connection of its lane may run it (a single statement), so that
+        #: it can move to another while it waits (see :meth:`Worker.take_movable`).
+        self.movable = False
+        #: The worker that is to run it; a worker whose queue still holds a job that
+        #: moved on skips it.
+        self.runner: Worker | None = None
+        #: Set by the thread, under the worker's lock, when it takes the job.
+        self.started = False
 
 
 class _Stop:
@@ -161,12 +191,14 @@ class Worker:
         "_lock",
         "_on_broken",
         "_on_exit",
+        "_on_long",
         "_opened",
         "_opener",
         "_post",
         "_ran",
         "_refusal",
         "_start_lock",
+        "_started",
         "answered",
         "broken",
         "conn",
@@ -182,6 +214,7 @@ class Worker:
         "reads",
         "role",
         "rollbacks",
+        "spill_asked",
         "thread_name",
         "transactions",
     )
@@ -193,7 +226,7 @@ class Worker:
     queued: int
     progress: float
     answered: int
-    pending: set[Job]
+    pending: dict[Job, None]
     interrupted: int
     conn: sqlite3.Connection | None
     cursors: dict[int, sqlite3.Cursor]
@@ -203,6 +236,7 @@ class Worker:
     reading: bool
     reads: int
     read_since: float
+    spill_asked: bool
 
     def __init__(
         self,
@@ -215,6 +249,7 @@ class Worker:
         cost: JobCost,
         on_broken: Callable[[Worker], object] | None = None,
         on_exit: Callable[[Worker], object] | None = None,
+        on_long: Callable[[Worker], object] | None = None,
     ) -> None:
         self.role = role
         self.thread_name = thread_name
@@ -227,6 +262,9 @@ class Worker:
         # broken (see broken_reason), and as the very last thing run() does.
         self._on_broken = on_broken
         self._on_exit = on_exit
+        # Called on the thread when a statement has run for LONG_JOB seconds while
+        # others wait behind it, so that they can move to another connection.
+        self._on_long = on_long
         self._jobs: queue.SimpleQueue[Job | _Stop] = queue.SimpleQueue()
         # Guards ``_current`` so that ``interrupt()`` can only hit the job it was meant for.
         self._lock = threading.Lock()
@@ -252,9 +290,12 @@ class Worker:
         self.answered = 0
         #: The jobs submitted and not yet answered. A thread that dies may take one
         #: with it, already out of the queue: this is how its caller still hears.
-        self.pending = set()
+        self.pending = {}
         #: Statements interrupted because their callers were cancelled.
         self.interrupted = 0
+        #: Whether the thread has asked (``on_long``) to move the statements waiting
+        #: behind a long one; asked again once more are queued.
+        self.spill_asked = False
 
         # -- thread side --
         self.conn = None
@@ -272,6 +313,8 @@ class Worker:
         self.reading = False
         self.reads = 0
         self.read_since = 0.0
+        #: When the running job started (perf_counter()).
+        self._started = 0.0
 
     def __repr__(self) -> str:
         return f"<Worker {self.thread_name} {self.phase.value} queued={self.queued}>"
@@ -294,7 +337,9 @@ class Worker:
         if not self.queued:
             self.progress = time.monotonic()
         self.queued += 1
-        self.pending.add(job)
+        self.pending[job] = None
+        job.runner = self
+        self.spill_asked = False
         if self.stopping:
             # Nothing may queue behind the stop: the thread would never answer it.
             job.error = self.stopped_error()
@@ -309,7 +354,7 @@ class Worker:
         self.answered += len(jobs)
         pending = self.pending
         for job in jobs:
-            pending.discard(job)
+            pending.pop(job, None)
 
     def serving(self) -> None:
         """Its connection has opened: it takes jobs from now on."""
@@ -361,11 +406,34 @@ class Worker:
         """
         if not job.interruptible or job.done:
             return
+        runner = job.runner
+        if runner is not self and runner is not None:
+            runner.cancel(job)  # it moved on to another connection
+            return
         job.cancelled = True
         with self._lock:
             if self._current is job and self.conn is not None:
                 self.conn.interrupt()
                 self.interrupted += 1
+
+    @protected
+    def take_movable(self) -> list[Job]:
+        """Take back the movable jobs queued here that the thread has not started, in
+        the order they were queued, for another connection to run."""
+        with self._lock:
+            taken = [
+                job
+                for job in self.pending
+                if job.movable and not job.started and job.runner is self and not job.cancelled
+            ]
+            for job in taken:
+                job.runner = None
+        if taken:
+            self.queued -= len(taken)
+            pending = self.pending
+            for job in taken:
+                del pending[job]
+        return taken
 
     @protected
     def stop(self, refusal: PoolError | None = None) -> None:
@@ -420,11 +488,24 @@ class Worker:
 
     def _progress(self) -> int:
         # A long statement is running: answer the jobs that finished before it now
-        # rather than when it ends.
+        # rather than when it ends, and let the jobs waiting behind it move on.
         if self._finished:
             self._flush()
         current = self._current
-        return 1 if current is not None and current.cancelled else 0
+        if current is None:
+            return 0
+        if current.cancelled:
+            return 1
+        on_long = self._on_long
+        if (
+            on_long is not None
+            and not self.spill_asked
+            and not self._jobs.empty()
+            and perf_counter() - self._started > LONG_JOB
+        ):
+            self.spill_asked = True
+            on_long(self)
+        return 0
 
     def _serve(self) -> None:
         get = self._jobs.get
@@ -448,7 +529,7 @@ class Worker:
                     stop = True
                 else:
                     try:
-                        run(item)
+                        ran = run(item)
                     except BaseException as exc:
                         # Only an exception raised into this thread from outside lands
                         # here (run() keeps a job's own): the thread ends, its job
@@ -457,6 +538,12 @@ class Worker:
                         item.error.__cause__ = exc
                         self._finished.append(item)
                         raise
+                    if not ran:  # it moved to another connection
+                        try:
+                            item = get_nowait()
+                        except queue.Empty:
+                            break
+                        continue
                     self._finished.append(item)
                     if len(self._finished) >= MAX_BATCH and not self._flush():
                         return
@@ -477,10 +564,18 @@ class Worker:
         self._finished = []
         return self._post(self, finished)
 
-    def _run(self, job: Job) -> None:
+    def _run(self, job: Job) -> bool:
+        """Run ``job``; False if it moved to another connection before it started."""
+        lock = self._lock
+        with lock:
+            if job.runner is not self:
+                return False
+            job.started = True
+            if not job.cancelled:
+                self._current = job
         if job.cancelled:
             job.error = _SKIPPED
-            return
+            return True
         # On a reader, a job that may begin a read transaction (cleanup jobs, which are
         # not interruptible, never do) marks the connection reading until it ends.
         tracked = self.transactions is None and job.interruptible
@@ -488,10 +583,7 @@ class Worker:
             self.read_since = time.monotonic()
             self.reads += 1
             self.reading = True
-        lock = self._lock
-        with lock:
-            self._current = job
-        started = perf_counter()
+        started = self._started = perf_counter()
         try:
             job.result = job.fn(self, *job.args)
         except BaseException as exc:
@@ -513,6 +605,7 @@ class Worker:
                 conn = self.conn
                 if conn is None or not conn.in_transaction:
                     self.reading = False
+        return True
 
     def open(self) -> None:
         """Job: open the connection. Queued first; if it fails the thread returns."""
