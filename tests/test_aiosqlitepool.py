@@ -414,8 +414,10 @@ async def test_no_connection_outlives_close_after_a_storm_of_give_ups(
     """Checkouts under ``move_on_after`` deadlines of 0 to 3 ms and an
     ``operation_timeout`` of 2 ms, while each connection takes a thread hop to open:
     checkouts give up while waiting, while their connection is made and inside their
-    block. No connection is lost: at most ``pool_size`` are ever opened, and none is
-    open after ``close()``."""
+    block. No connection is lost: none is open after ``close()``, and no more are ever
+    opened than ``pool_size`` plus one for each block that ended cancelled (whose
+    connection the pool closes, since a driver may have left an interrupt pending on
+    it)."""
     pool = SQLiteConnectionPool(opener.connect, pool_size=3, operation_timeout=0.002)
     outcomes: Counter[str] = Counter()
 
@@ -425,8 +427,10 @@ async def test_no_connection_outlives_close_after_a_storm_of_give_ups(
             with anyio.move_on_after(0.0005 * step if step < 7 else None) as scope:
                 try:
                     async with pool.connection(timeout=None) as conn:
+                        outcomes["blocks ended cancelled"] += 1
                         await conn.fetchval("SELECT 1")
                         await anyio.sleep(0.0005 * (round_ % 3))
+                        outcomes["blocks ended cancelled"] -= 1
                 except litepool.PoolTimeout:
                     outcomes["operation timeout"] += 1
                     continue
@@ -441,7 +445,7 @@ async def test_no_connection_outlives_close_after_a_storm_of_give_ups(
         assert_settled(pool)
     finally:
         await pool.close()
-    assert 1 <= len(opener.opened) <= pool.pool_size
+    assert 1 <= len(opener.opened) <= pool.pool_size + outcomes["blocks ended cancelled"]
     assert await opener.still_open() == 0
 
 

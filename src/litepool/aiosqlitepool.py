@@ -60,6 +60,7 @@ import enum
 import inspect
 import logging
 import math
+import sys
 import time
 from collections import deque
 from collections.abc import Awaitable, Callable
@@ -177,6 +178,24 @@ def _check_duration(value: object, what: str) -> float | None:
 
 def _no_loop() -> object:
     raise RuntimeError("no event loop yet")
+
+
+def _may_hold_an_interrupt(error: BaseException | None) -> bool:
+    """Whether a block that ended with ``error`` may leave an interrupt pending on its
+    connection: it was cancelled, or its cancellation was turned into a timeout error.
+
+    A driver may interrupt its connection when its caller is cancelled (sqlite-anyio
+    does), and SQLite keeps that interrupt pending for as long as any statement of the
+    connection is unfinished, such as the one whose cursor the cancelled call never
+    handed over: every later statement fails with "interrupted". Neither a rollback nor
+    the end of the driver's call clears it; closing the connection does.
+    """
+    if error is None:
+        return False
+    if not isinstance(error, Exception) or isinstance(error, TimeoutError):
+        return True  # a cancellation (or KeyboardInterrupt...); anyio's and asyncio's timeouts
+    trio = sys.modules.get("trio")
+    return trio is not None and isinstance(error, trio.TooSlowError)
 
 
 def _transaction_state(conn: object) -> bool | None:
@@ -692,13 +711,14 @@ class SQLiteConnectionPool(Generic[ConnT]):
     # -- returning connections -------------------------------------------------------
 
     @protected
-    async def _release(self, conn: ConnT, *, clean: bool) -> None:
-        """Give ``conn`` back; the slot is released on every path, last."""
+    async def _release(self, conn: ConnT, error: BaseException | None) -> None:
+        """Give ``conn`` back after a block that ended with ``error`` (None: normally);
+        the slot is released on every path, last."""
         reusable = False
         try:
-            if self._closed:
+            if self._closed or _may_hold_an_interrupt(error):
                 pass
-            elif clean and _transaction_state(conn) is False:
+            elif error is None and _transaction_state(conn) is False:
                 reusable = True  # nothing to undo: no round trip
             else:
                 reusable = await self._rollback(conn)
@@ -888,4 +908,4 @@ class _Checkout(AbstractAsyncContextManager[ConnT]):
         conn = self._conn
         assert conn is not None
         self._conn = None
-        await self._pool._release(conn, clean=exc_type is None)
+        await self._pool._release(conn, exc)
