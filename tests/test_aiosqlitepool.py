@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import math
+import re
 import sqlite3
 import threading
 import traceback
@@ -413,8 +414,10 @@ async def test_no_connection_outlives_close_after_a_storm_of_give_ups(
     """Checkouts under ``move_on_after`` deadlines of 0 to 3 ms and an
     ``operation_timeout`` of 2 ms, while each connection takes a thread hop to open:
     checkouts give up while waiting, while their connection is made and inside their
-    block. No connection is lost: at most ``pool_size`` are ever opened, and none is
-    open after ``close()``."""
+    block. No connection is lost: none is open after ``close()``, and no more are ever
+    opened than ``pool_size`` plus one for each block that ended cancelled (whose
+    connection the pool closes, since a driver may have left an interrupt pending on
+    it)."""
     pool = SQLiteConnectionPool(opener.connect, pool_size=3, operation_timeout=0.002)
     outcomes: Counter[str] = Counter()
 
@@ -424,8 +427,10 @@ async def test_no_connection_outlives_close_after_a_storm_of_give_ups(
             with anyio.move_on_after(0.0005 * step if step < 7 else None) as scope:
                 try:
                     async with pool.connection(timeout=None) as conn:
+                        outcomes["blocks ended cancelled"] += 1
                         await conn.fetchval("SELECT 1")
                         await anyio.sleep(0.0005 * (round_ % 3))
+                        outcomes["blocks ended cancelled"] -= 1
                 except litepool.PoolTimeout:
                     outcomes["operation timeout"] += 1
                     continue
@@ -440,7 +445,7 @@ async def test_no_connection_outlives_close_after_a_storm_of_give_ups(
         assert_settled(pool)
     finally:
         await pool.close()
-    assert 1 <= len(opener.opened) <= pool.pool_size
+    assert 1 <= len(opener.opened) <= pool.pool_size + outcomes["blocks ended cancelled"]
     assert await opener.still_open() == 0
 
 
@@ -732,6 +737,124 @@ def test_isolated_asyncio_test_case_holds_the_pool_across_its_tasks(tmp_path: Pa
     for thread in _aiosqlite_threads() - threads_before:
         thread.join(5.0)
     assert not _aiosqlite_threads() - threads_before
+
+
+# -- event loops: one after another, never two at once ---------------------------------
+
+TWO_LOOPS = (
+    r"pool 'shared' is used from two event loops at once: checkouts of another event "
+    r"loop wait for its slots"
+)
+
+
+async def _take_turns(pool: SQLiteConnectionPool[RawConn]) -> tuple[list[int], int]:
+    """Three tasks queue for the one connection of a pool, and are served in order."""
+    order: list[int] = []
+
+    async def use(label: int, *, task_status: anyio.abc.TaskStatus[None]) -> None:
+        task_status.started()
+        async with pool.connection() as conn:
+            order.append(await conn.fetchval(f"SELECT {label}"))
+
+    async with anyio.create_task_group() as tg, pool.connection():
+        for label in range(3):
+            await tg.start(use, label)
+            await anyio.wait_all_tasks_blocked()  # queued, in this order
+        queued = pool.waiting
+    return order, queued
+
+
+def test_pool_serves_one_event_loop_after_another(opener: Opener) -> None:
+    """Made outside any event loop, then used by ``anyio.run`` under asyncio, trio and
+    asyncio again (what ``asyncio.run`` called twice, or test runners with an event loop
+    per test, do), with checkouts waiting each time."""
+    pool = SQLiteConnectionPool(opener.connect, pool_size=1)
+    try:
+        for backend in ("asyncio", "trio", "asyncio"):
+            assert anyio.run(_take_turns, pool, backend=backend) == ([0, 1, 2], 3)
+            assert_settled(pool)
+    finally:
+        anyio.run(pool.close)
+    assert len(opener.opened) == 1
+    assert anyio.run(opener.still_open) == 0
+
+
+async def test_waiting_from_a_second_event_loop_at_once_is_refused(opener: Opener) -> None:
+    pool = SQLiteConnectionPool(opener.connect, pool_size=1, name="shared")
+    served: list[str] = []
+
+    async def wait_here() -> None:
+        async with pool.connection():
+            served.append("this loop")
+
+    def check_out_from_another_loop() -> None:
+        async def checkout() -> None:
+            async with pool.connection(timeout=1):
+                served.append("the other loop")  # pragma: no cover
+
+        with pytest.raises(RuntimeError, match=TWO_LOOPS):
+            asyncio.run(checkout())
+
+    try:
+        with anyio.fail_after(20):
+            async with anyio.create_task_group() as tg, pool.connection():
+                tg.start_soon(wait_here)
+                await anyio.wait_all_tasks_blocked()
+                await anyio.to_thread.run_sync(check_out_from_another_loop)
+                assert pool.waiting == 1  # still queued, and still first
+        assert served == ["this loop"]
+        assert_settled(pool)
+    finally:
+        await pool.close()
+    assert await opener.still_open() == 0
+
+
+async def test_slot_given_back_in_a_second_event_loop_reaches_the_first(
+    opener: Opener,
+) -> None:
+    """A checkout of another event loop takes the free slot (nothing to refuse yet), and
+    gives it back while a task of this loop waits: the slot reaches that task, woken from
+    this loop's own thread, and the other loop is told of the misuse."""
+    pool = SQLiteConnectionPool(opener.connect, pool_size=1, name="shared")
+    held, release = threading.Event(), threading.Event()
+    errors: list[BaseException] = []
+
+    def hold_in_another_loop() -> None:
+        async def hold() -> None:
+            async with pool.connection():
+                held.set()
+                release.wait(10)  # blocks that loop: nothing else runs in it
+
+        try:
+            asyncio.run(hold())
+        except RuntimeError as exc:
+            errors.append(exc)
+
+    served: list[int] = []
+
+    async def wait_here() -> None:
+        async with pool.connection(timeout=10) as conn:
+            served.append(await conn.fetchval("SELECT 7"))
+
+    thread = threading.Thread(target=hold_in_another_loop)
+    thread.start()
+    try:
+        with anyio.fail_after(20):
+            assert await anyio.to_thread.run_sync(held.wait, 10.0)
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(wait_here)
+                await anyio.wait_all_tasks_blocked()
+                assert pool.waiting == 1
+                release.set()
+            await anyio.to_thread.run_sync(thread.join, 10.0)
+        assert served == [7]
+        assert len(errors) == 1
+        assert re.match(TWO_LOOPS, str(errors[0]))
+        assert_settled(pool)
+    finally:
+        release.set()
+        await pool.close()
+    assert await opener.still_open() == 0
 
 
 # -- the documented ways to hold open_pool() in tests ----------------------------------

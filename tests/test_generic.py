@@ -548,6 +548,103 @@ async def test_creation_overrunning_operation_timeout_gives_the_slot_back(
         assert_settled(pool)
 
 
+# -- an interrupt left behind by a cancelled block stays with its connection -----------
+
+
+class LateInterrupt:
+    """A driver connection over ``sqlite3`` that interrupts itself when its caller is
+    cancelled, as sqlite-anyio does, at the worst moment sqlite-anyio can: after the
+    statement has reached its first row, and with that statement's cursor never
+    finished. (sqlite-anyio's cursor then stays referenced from the cancellation's
+    traceback, in a reference cycle, until the garbage collector runs.) SQLite keeps
+    such an interrupt pending for as long as a statement of the connection is unfinished,
+    so the connection fails every later statement with "interrupted".
+    """
+
+    def __init__(self, raw: sqlite3.Connection) -> None:
+        self.raw = raw
+        self.unfinished: list[sqlite3.Cursor] = []
+
+    def execute(self, sql: str) -> sqlite3.Cursor:
+        return self.raw.execute(sql)
+
+    async def execute_until_cancelled(self, sql: str) -> None:
+        cursor = self.raw.execute(sql)  # at its first row: the statement is unfinished
+        try:
+            await anyio.sleep_forever()
+        except BaseException:
+            self.raw.interrupt()
+            self.unfinished.append(cursor)
+            raise
+
+    async def rollback(self) -> None:
+        self.raw.rollback()
+
+    async def close(self) -> None:
+        self.raw.close()
+
+
+async def _cancel_in_the_block(
+    pool: SQLiteConnectionPool[LateInterrupt], how: str, anyio_backend: str
+) -> None:
+    """Run a block whose statement is cancelled, the way ``how`` says; the block ends
+    with a cancellation, or with the timeout error it was turned into."""
+
+    async def block() -> None:
+        async with pool.connection() as conn:
+            await conn.execute_until_cancelled("SELECT 1 UNION ALL SELECT 2")
+
+    if how in ("scope", "native"):
+        task = CancellableTask(block, how, anyio_backend)
+        async with anyio.create_task_group() as tg:
+            await tg.start(task.run)
+            await anyio.wait_all_tasks_blocked()
+            task.cancel()
+        assert task.outcome == "cancelled"
+    elif how == "anyio timeout":
+        with pytest.raises(TimeoutError), anyio.fail_after(0):
+            await block()
+    elif anyio_backend == "asyncio":
+        import asyncio
+
+        with pytest.raises(TimeoutError):
+            async with asyncio.timeout(0):
+                await block()
+    else:
+        import trio
+
+        with pytest.raises(trio.TooSlowError), trio.fail_after(0):
+            await block()
+
+
+@pytest.mark.parametrize("how", ["scope", "native", "anyio timeout", "native timeout"])
+async def test_an_interrupt_left_behind_by_a_cancelled_block_never_reaches_the_next(
+    tmp_path: Path, anyio_backend: str, how: str
+) -> None:
+    """The connection of a block that ended with a cancellation, or with the timeout
+    error that ``anyio.fail_after``, ``asyncio.timeout`` or ``trio.fail_after`` turn one
+    into, is closed rather than reused: its driver may have left an interrupt pending
+    on it, which would fail the next borrower's statement."""
+    made: list[LateInterrupt] = []
+
+    async def connect() -> LateInterrupt:
+        made.append(LateInterrupt(sqlite3.connect(tmp_path / "late.db")))
+        return made[-1]
+
+    async with SQLiteConnectionPool(connect, pool_size=1) as pool:
+        async with pool.connection():  # made now, so that the block is entered at once
+            pass
+        await _cancel_in_the_block(pool, how, anyio_backend)
+        assert made[0].unfinished  # the interrupt is pending on that connection
+        assert_settled(pool)
+        async with pool.connection(timeout=0) as conn:
+            assert conn.execute("SELECT 42").fetchone() == (42,)
+        assert len(made) == 2
+    for conn in made:  # the first when its block ended, the second by the pool's close
+        with pytest.raises(sqlite3.ProgrammingError, match="closed"):
+            conn.raw.execute("SELECT 1")
+
+
 # -- idle connections ------------------------------------------------------------------
 
 

@@ -20,11 +20,20 @@ and :class:`PoolClosedError` is a :class:`litepool.PoolClosed`.
 
 How it works:
 
-- **Slots.** An ``anyio.CapacityLimiter`` with one token per connection decides *who*
-  may hold a connection: first come, first served, and a token handed to a waiter that
-  is cancelled in that same step goes on to the next waiter. Each checkout borrows its
-  own token, so one task may hold several checkouts. Every path out of a checkout,
-  normal or not, gives its token back.
+- **Slots.** ``pool_size`` slots decide *who* may hold a connection. A checkout takes a
+  free slot without awaiting anything when nobody waits; otherwise it queues in a
+  :class:`~litepool._handoff.HandOff`, the first-come, first-served queue of the core's
+  lanes. A slot given back goes to the first waiter that can still take it, in the same
+  synchronous step; a waiter cancelled in that step (a cancel scope, or a native
+  ``asyncio.Task.cancel()``) passes it on to the next one, and a waiter's timeout is
+  the hand-off's own timer, not a cancel scope. Slots are counted per checkout, so one
+  task may hold several checkouts. Every path out of a checkout, normal or not, gives
+  its slot back.
+- **Event loops.** The queue parks tasks through the bridge of the event loop that first
+  needs it (an asyncio future, or trio's ``wait_task_rescheduled``); it is made again
+  for another loop once no task of the former one waits, so a pool may serve one event
+  loop after another (``asyncio.run`` twice, asyncio then trio). Tasks of two event
+  loops waiting at once is a misuse, refused with :class:`RuntimeError`.
 - **Connections.** A token holder takes the most recently returned idle connection, with
   no await between getting the token and taking the connection. When there is none, it
   waits for a connection that is still being made for a checkout that gave up, and only
@@ -51,6 +60,8 @@ import enum
 import inspect
 import logging
 import math
+import sys
+import time
 from collections import deque
 from collections.abc import Awaitable, Callable
 from contextlib import AbstractAsyncContextManager
@@ -60,7 +71,10 @@ from typing import Any, Final, Generic, Protocol, TypeVar
 import anyio
 import anyio.lowlevel
 
+from ._bridge import Bridge, current_bridge
 from ._errors import PoolClosed, PoolTimeout
+from ._handoff import HandOff
+from ._interrupt import protected
 from ._options import check_timeout
 
 __all__ = [
@@ -162,6 +176,28 @@ def _check_duration(value: object, what: str) -> float | None:
         raise ValueError(f"{what} must be >= 0 seconds or None, got {value!r}") from None
 
 
+def _no_loop() -> object:
+    raise RuntimeError("no event loop yet")
+
+
+def _may_hold_an_interrupt(error: BaseException | None) -> bool:
+    """Whether a block that ended with ``error`` may leave an interrupt pending on its
+    connection: it was cancelled, or its cancellation was turned into a timeout error.
+
+    A driver may interrupt its connection when its caller is cancelled (sqlite-anyio
+    does), and SQLite keeps that interrupt pending for as long as any statement of the
+    connection is unfinished, such as the one whose cursor the cancelled call never
+    handed over: every later statement fails with "interrupted". Neither a rollback nor
+    the end of the driver's call clears it; closing the connection does.
+    """
+    if error is None:
+        return False
+    if not isinstance(error, Exception) or isinstance(error, TimeoutError):
+        return True  # a cancellation (or KeyboardInterrupt...); anyio's and asyncio's timeouts
+    trio = sys.modules.get("trio")
+    return trio is not None and isinstance(error, trio.TooSlowError)
+
+
 def _transaction_state(conn: object) -> bool | None:
     """The driver's ``in_transaction``, or None when the driver does not say."""
     try:
@@ -176,7 +212,26 @@ def _transaction_state(conn: object) -> bool | None:
 _factory_tasks: set[asyncio.Task[None]] = set()
 
 
+def _slot(_borrower: object) -> bool:
+    """What the hand-off gives a waiter: the right to hold a connection."""
+    return True
+
+
+def _current_loop() -> tuple[object, Callable[[], object]]:
+    """The running event loop (an asyncio loop or a trio token), and a cheap function
+    that returns the running one later (raising ``RuntimeError`` outside any)."""
+    native = anyio.lowlevel.current_token().native_token
+    if isinstance(native, asyncio.AbstractEventLoop):
+        return native, asyncio.get_running_loop
+    import trio
+
+    return native, trio.lowlevel.current_trio_token
+
+
 class _Idle(Generic[ConnT]):
+    """An idle connection, and since when (``time.monotonic()``: not the event loop's
+    clock, which differs between loops, trio's starting at a random offset)."""
+
     __slots__ = ("conn", "since")
 
     def __init__(self, conn: ConnT, since: float) -> None:
@@ -300,12 +355,20 @@ class SQLiteConnectionPool(Generic[ConnT]):
         self._acquisition_timeout = _check_duration(acquisition_timeout, "acquisition_timeout")
         self._idle_timeout = _check_duration(idle_timeout, "idle_timeout")
         self._operation_timeout = _check_duration(operation_timeout, "operation_timeout")
-        self._limiter = anyio.CapacityLimiter(self._pool_size)
+        # Slots no checkout holds; the others are held, or given to a waiter that has
+        # not run yet.
+        self._free = self._pool_size
+        # Made when a checkout first has to wait, for the event loop it runs in.
+        self._queue: HandOff[bool] | None = None
+        self._bridge: Bridge | None = None
+        self._loop: object = None
+        self._running_loop: Callable[[], object] = _no_loop
         # Most recently returned last: checkouts take from the right, expiry from the left.
         self._idle: deque[_Idle[ConnT]] = deque()
         # Factory calls not settled yet; and, oldest first, those no checkout waits for.
         self._making: set[_Making[ConnT]] = set()
         self._unclaimed: deque[_Making[ConnT]] = deque()
+        # The operation_timeout scopes of checkouts waiting for a new connection.
         self._scopes: set[anyio.CancelScope] = set()
         self._open = 0
         self._in_use = 0
@@ -355,7 +418,8 @@ class SQLiteConnectionPool(Generic[ConnT]):
     @property
     def waiting(self) -> int:
         """Checkouts waiting for a free slot."""
-        return self._limiter.statistics().tasks_waiting
+        queue = self._queue
+        return 0 if queue is None else queue.waiting
 
     # -- checkout --------------------------------------------------------------------
 
@@ -389,52 +453,114 @@ class SQLiteConnectionPool(Generic[ConnT]):
         if self._closed:
             raise PoolClosedError(f"pool {self._name!r} is closed")
 
-    async def _acquire(self, borrower: object, timeout: float | None) -> ConnT:
+    @protected
+    async def _acquire(self, timeout: float | None) -> ConnT:
         self._check_open()
-        limiter = self._limiter
-        try:
-            limiter.acquire_on_behalf_of_nowait(borrower)
-        except anyio.WouldBlock:
-            holding = False
-        else:
-            holding = True
+        queue = self._queue
+        if self._free and (queue is None or not queue.waiting):
+            self._free -= 1
             idle = self._idle
             if idle and not self._expired(idle[0]):
                 # The common case: no await, so no cancellation point and no round trip.
                 self._in_use += 1
                 return idle.pop().conn
+            holding = True
+        else:
+            holding = False
         try:
             if not holding:
-                await self._wait(borrower, timeout)
+                await self._wait(timeout)
                 holding = True
             conn = await self._obtain()
         except BaseException:
             # Cancelled, timed out, closed, or the factory failed: nothing may be kept.
             if holding:
-                limiter.release_on_behalf_of(borrower)
+                self._give_slot()
             raise
         self._in_use += 1
         return conn
 
-    async def _wait(self, borrower: object, timeout: float | None) -> None:
+    @protected
+    async def _wait(self, timeout: float | None) -> None:
         """Wait for a slot; on any exception the slot is not held."""
-        deadline = math.inf if timeout is None else anyio.current_time() + timeout
-        scope = anyio.CancelScope(deadline=deadline)
-        self._scopes.add(scope)
+        queue = self._queue_here()
         try:
-            with scope:
-                await self._limiter.acquire_on_behalf_of(borrower)
+            got = await queue.wait(timeout)
         finally:
-            self._scopes.discard(scope)
-        if scope.cancelled_caught:
-            # Our own scope ended the wait (deadline or close()): the limiter has already
-            # passed on any slot that reached us.
+            # A waiter that left (timed out, cancelled) may leave a free slot behind a
+            # queue that a newcomer joined meanwhile.
+            if self._free and queue.waiting and queue is self._queue:
+                self._grant()
+        if got is None:  # the timeout passed, or close() woke every waiter
             self._check_open()
             raise PoolConnectionAcquireTimeoutError(
                 f"pool {self._name!r}: no connection became free within {timeout:g} s "
                 f"(pool_size: {self._pool_size}, in use: {self._in_use}, "
                 f"idle: {len(self._idle)}, waiting: {self.waiting})"
             )
+
+    def _queue_here(self) -> HandOff[bool]:
+        """The queue of waiting checkouts, for the running event loop."""
+        queue = self._queue
+        if queue is not None:
+            if self._in_own_loop():
+                return queue
+            if queue.waiting and self._owner_alive():
+                raise RuntimeError(self._two_loops())
+        # The first wait, or the former event loop has no waiter left: park through this
+        # one from now on.
+        self._loop, self._running_loop = _current_loop()
+        self._bridge = bridge = current_bridge()
+        self._queue = queue = HandOff(bridge, self._give_slot)
+        return queue
+
+    def _in_own_loop(self) -> bool:
+        try:
+            return self._running_loop() is self._loop
+        except RuntimeError:  # no event loop of that kind runs here
+            return False
+
+    def _owner_alive(self) -> bool:
+        bridge = self._bridge
+        return bridge is not None and bridge.alive()
+
+    def _two_loops(self) -> str:
+        return (
+            f"pool {self._name!r} is used from two event loops at once: checkouts of "
+            "another event loop wait for its slots. A pool, like its connections, "
+            "belongs to one event loop at a time; make one pool per event loop"
+        )
+
+    @protected
+    def _give_slot(self, _item: object = None) -> None:
+        """A slot comes back (also one given to a waiter that left without it): it goes
+        to the first waiter that can still take it, or becomes free."""
+        self._free += 1
+        queue = self._queue
+        if queue is not None and queue.waiting and self._with_waiters(self._grant):
+            raise RuntimeError(self._two_loops())
+
+    @protected
+    def _grant(self) -> None:
+        queue = self._queue
+        if queue is None or not self._in_own_loop():
+            return  # run late, from another event loop's thread: the queue moved on
+        while self._free and queue.give(_slot):
+            self._free -= 1
+
+    def _with_waiters(self, wake: Callable[[], object]) -> bool:
+        """Call ``wake`` (which wakes waiting checkouts) in their event loop: now if that
+        is the running one, else soon, from that loop's own thread. True in that case:
+        tasks of two event loops use the pool at once."""
+        if self._in_own_loop():
+            wake()
+            return False
+        bridge = self._bridge
+        assert bridge is not None
+        if bridge.alive() and bridge.call_soon(wake):
+            return True
+        self._queue = None  # that loop has ended, and its waiters with it
+        return False
 
     async def _obtain(self) -> ConnT:
         """With a slot held: close expired idle connections, then reuse, wait or make."""
@@ -568,7 +694,7 @@ class SQLiteConnectionPool(Generic[ConnT]):
                 if self._closed:
                     await self._discard(conn)
                 else:
-                    self._idle.append(_Idle(conn, anyio.current_time()))
+                    self._idle.append(_Idle(conn, time.monotonic()))
             elif making.error is not None:
                 _logger.warning(
                     "pool %r: making a connection failed after its checkout had left",
@@ -584,25 +710,27 @@ class SQLiteConnectionPool(Generic[ConnT]):
 
     # -- returning connections -------------------------------------------------------
 
-    async def _release(self, borrower: object, conn: ConnT, *, clean: bool) -> None:
-        """Give ``conn`` back; the slot is released on every path, last."""
+    @protected
+    async def _release(self, conn: ConnT, error: BaseException | None) -> None:
+        """Give ``conn`` back after a block that ended with ``error`` (None: normally);
+        the slot is released on every path, last."""
         reusable = False
         try:
-            if self._closed:
+            if self._closed or _may_hold_an_interrupt(error):
                 pass
-            elif clean and _transaction_state(conn) is False:
+            elif error is None and _transaction_state(conn) is False:
                 reusable = True  # nothing to undo: no round trip
             else:
                 reusable = await self._rollback(conn)
         finally:
             try:
                 if reusable and not self._closed:
-                    self._idle.append(_Idle(conn, anyio.current_time()))
+                    self._idle.append(_Idle(conn, time.monotonic()))
                 else:
                     await self._discard(conn)
             finally:
                 self._in_use -= 1
-                self._limiter.release_on_behalf_of(borrower)
+                self._give_slot()
 
     async def _rollback(self, conn: ConnT) -> bool:
         """Roll back, shielded and bounded; False if the connection cannot be trusted."""
@@ -653,7 +781,7 @@ class SQLiteConnectionPool(Generic[ConnT]):
 
     def _expired(self, entry: _Idle[ConnT]) -> bool:
         limit = self._idle_timeout
-        return limit is not None and anyio.current_time() - entry.since >= limit
+        return limit is not None and time.monotonic() - entry.since >= limit
 
     def _take_expired(self) -> list[ConnT]:
         idle = self._idle
@@ -686,6 +814,7 @@ class SQLiteConnectionPool(Generic[ConnT]):
             self._closed = True
             finished = self._close_finished = anyio.Event()
             try:
+                self._wake_waiters()
                 for scope in list(self._scopes):
                     scope.cancel()
                 idle = [entry.conn for entry in self._idle]
@@ -697,6 +826,13 @@ class SQLiteConnectionPool(Generic[ConnT]):
         else:
             await finished.wait()
         await self._finish_making()
+
+    @protected
+    def _wake_waiters(self) -> None:
+        """Wake every checkout waiting for a slot: each raises PoolClosedError."""
+        queue = self._queue
+        if queue is not None and queue.waiting:
+            self._with_waiters(queue.close)
 
     async def _finish_making(self) -> None:
         """Wait for the factory calls still running, cancelling those that overrun."""
@@ -745,11 +881,8 @@ class SQLiteConnectionPool(Generic[ConnT]):
 
 
 class _Checkout(AbstractAsyncContextManager[ConnT]):
-    """The ``async with`` target of :meth:`SQLiteConnectionPool.connection`.
-
-    It is also the borrower of the pool's capacity limiter: one token per checkout, so
-    one task may hold several checkouts at once.
-    """
+    """The ``async with`` target of :meth:`SQLiteConnectionPool.connection`: one slot
+    per checkout, so one task may hold several checkouts at once."""
 
     __slots__ = ("_conn", "_entered", "_pool", "_timeout")
 
@@ -763,7 +896,7 @@ class _Checkout(AbstractAsyncContextManager[ConnT]):
         if self._entered:
             raise RuntimeError("a checkout can be entered once; call pool.connection() again")
         self._entered = True
-        conn = self._conn = await self._pool._acquire(self, self._timeout)
+        conn = self._conn = await self._pool._acquire(self._timeout)
         return conn
 
     async def __aexit__(
@@ -775,4 +908,4 @@ class _Checkout(AbstractAsyncContextManager[ConnT]):
         conn = self._conn
         assert conn is not None
         self._conn = None
-        await self._pool._release(self, conn, clean=exc_type is None)
+        await self._pool._release(conn, exc)
