@@ -183,6 +183,31 @@ async def test_run_read_cancelled_while_it_runs_leaves_the_reader_clean(
         assert pool.statistics().interrupted == 1
 
 
+async def test_run_read_cancelled_while_waiting_for_a_reader(
+    db_path: str, anyio_backend: str, cancel_how: str
+) -> None:
+    ran: list[int] = []
+
+    def read(db: sqlite3.Connection) -> int:
+        ran.append(1)
+        return total(db)
+
+    async with litepool.open_pool(db_path, readers=1) as pool:
+        await make_accounts(pool)
+        task = CancellableTask(lambda: pool.run_read(read), cancel_how, anyio_backend)
+        async with held_by_another_task(pool.read()), anyio.create_task_group() as tg:
+            await tg.start(task.run)
+            await anyio.wait_all_tasks_blocked()
+            assert pool.statistics().read.waiting == 1
+            task.cancel()
+        assert task.outcome == "cancelled"
+        assert ran == []  # it never started, and never will
+        stats = pool.statistics().read
+        assert (stats.waiting, stats.in_use, stats.idle) == (0, 0, 1)
+        assert await pool.run_read(read) == ACCOUNTS * START
+        assert ran == [1]
+
+
 async def test_run_read_refuses_writes_with_a_hint(db_path: str) -> None:
     async with litepool.open_pool(db_path, readers=1) as pool:
         await make_accounts(pool)
