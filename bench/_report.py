@@ -570,7 +570,7 @@ def results_chart(path: str, data: dict[str, Any]) -> None:
             highs.append(summary.ops_max - value if ok else 0.0)
             label = _num(value) if ok else summary.status
             if summary.kept is False:
-                label += "  total NOT KEPT"
+                label += f"  total {summary.kept_text()}"
             labels.append(label)
             colour_list.append(colours(index % 10))
         positions = list(range(len(names)))

@@ -21,6 +21,7 @@ from bench._report import (
     not_kept_note,
     print_results,
     ratio,
+    results_chart,
     results_markdown,
     summarize,
 )
@@ -407,8 +408,27 @@ def _transfers(total_after: int) -> list[Measurement]:
     ]
 
 
+def _chart_texts(tmp_path: Path, measurements: list[Measurement]) -> list[str]:
+    """Every text the results chart draws, whether on the figure or on a panel."""
+    import matplotlib.figure
+    import matplotlib.text
+
+    texts: list[str] = []
+    save = matplotlib.figure.Figure.savefig
+
+    def record(figure: matplotlib.figure.Figure, *args: Any, **kwargs: Any) -> None:
+        texts.extend(text.get_text() for text in figure.findobj(matplotlib.text.Text))
+        save(figure, *args, **kwargs)
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(matplotlib.figure.Figure, "savefig", record)
+        results_chart(str(tmp_path / "bench.png"), _data(measurements))
+    assert (tmp_path / "bench.png").read_bytes().startswith(PNG_MAGIC)
+    return texts
+
+
 def test_not_kept_is_explained_under_every_results_table_that_shows_it(
-    capsys: pytest.CaptureFixture[str],
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     measurements = _transfers(total_after=979)
     summaries = summarize(measurements)
@@ -426,11 +446,16 @@ def test_not_kept_is_explained_under_every_results_table_that_shows_it(
     out = capsys.readouterr().out
     assert out.index("NOT KEPT (-21)") < out.index(note) < out.index("ratios:")
 
+    figure_texts = _chart_texts(tmp_path, measurements)
+    assert "100  total NOT KEPT (-21)" in figure_texts
+    assert " ".join(figure_texts).count("sum of all balances") == 1
 
-def test_no_not_kept_no_explanation(capsys: pytest.CaptureFixture[str]) -> None:
+
+def test_no_not_kept_no_explanation(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     measurements = _transfers(total_after=1000)
     summaries = summarize(measurements)
     assert not_kept_note(summaries) is None
     assert "NOT KEPT" not in results_markdown(_data(measurements))
     print_results("results", summaries, key_ratios(measurements))
     assert "NOT KEPT" not in capsys.readouterr().out
+    assert "NOT KEPT" not in " ".join(_chart_texts(tmp_path, measurements))
