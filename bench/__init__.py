@@ -180,13 +180,11 @@ def _bench_mode(options: BenchOptions, sizing: Sizing) -> int:
     data["ratios"] = [item.to_json() for item in ratios]
     print(f"machine: {_report.machine_line(data['machine'])}")
     print(f"database: {data['database']} (built in {built:.1f} s)")
-    _report.print_table(
+    _report.print_results(
         f"medians of {_report._plural(config.rounds, 'round')} of {config.seconds:g} s each",
-        _report.results_rows(summaries),
-        right=(2, 3, 4),
+        summaries,
+        ratios,
     )
-    if ratios:
-        _report.print_table("ratios of operations per second", _report.ratio_rows(ratios), (2,))
     _write_outputs(
         options,
         data,

@@ -8,10 +8,17 @@ fewest calls that API offers for the job:
 
 * ``sqlite3``: one plain connection in one thread, no event loop, operations one after
   another: the floor that any async wrapper adds its cost to.
-* ``litepool-asyncio`` / ``litepool-trio``: ``pool.fetchone()`` / ``pool.fetchall()``
-  for reads and ``pool.execute()`` for the single-row insert (each one statement, one
-  round trip; the insert is its own ``BEGIN IMMEDIATE`` ... ``COMMIT``), and a
-  ``pool.write()`` transaction for the read-modify-write transfer.
+* ``litepool-asyncio`` / ``litepool-trio``: one call on the pool per operation, the
+  fewest round trips litepool offers: ``pool.fetchone()`` / ``pool.fetchall()`` for
+  reads, ``pool.execute()`` for the single-row insert (its own ``BEGIN IMMEDIATE`` ...
+  ``COMMIT``), and ``pool.run_write()`` for the transfer: one plain function on the
+  writer's ``sqlite3.Connection`` reads both balances and writes both, inside
+  ``BEGIN IMMEDIATE`` ... ``COMMIT``, as one job.
+* ``litepool-checkouts-asyncio`` / ``litepool-checkouts-trio``: the way the README
+  shows, one checkout block per operation: ``async with pool.read() as conn`` around
+  ``conn.fetchone()`` / ``conn.fetchall()``, ``async with pool.write() as conn`` around
+  the insert, and for the transfer a ``pool.write()`` block with four awaited statements
+  (two reads, two writes).
 * ``aiosqlite-shared``: one connection shared by every task, ``execute_fetchall`` for
   reads (one round trip), write transactions ``BEGIN IMMEDIATE`` ... ``commit()`` under an
   ``asyncio.Lock``.
@@ -116,6 +123,16 @@ def _moved(have: int, amount: int) -> int:
     return min(amount, have)
 
 
+def _move(conn: sqlite3.Connection, source: int, target: int, amount: int) -> None:
+    """The transfer's body, between ``BEGIN IMMEDIATE`` and ``COMMIT``, on a plain
+    connection: the floor runs it itself, litepool hands it to ``pool.run_write()``."""
+    (have,) = conn.execute(READ_BALANCE, (source,)).fetchone()
+    (other,) = conn.execute(READ_BALANCE, (target,)).fetchone()
+    moved = _moved(have, amount)
+    conn.execute(WRITE_BALANCE, (have - moved, source))
+    conn.execute(WRITE_BALANCE, (other + moved, target))
+
+
 # -- sqlite3: the floor ---------------------------------------------------------------------
 
 
@@ -146,11 +163,7 @@ class _Sqlite3Ops:
         conn = self._conn
         conn.execute("BEGIN IMMEDIATE")
         try:
-            (have,) = conn.execute(READ_BALANCE, (source,)).fetchone()
-            (other,) = conn.execute(READ_BALANCE, (target,)).fetchone()
-            moved = _moved(have, amount)
-            conn.execute(WRITE_BALANCE, (have - moved, source))
-            conn.execute(WRITE_BALANCE, (other + moved, target))
+            _move(conn, source, target, amount)
             conn.execute("COMMIT")
         except BaseException:
             if conn.in_transaction:
@@ -172,8 +185,7 @@ def _open_sqlite3(path: str, settings: Settings) -> Iterator[SyncOps]:
 
 
 class _LitepoolOps:
-    """The public API as documented: single statements through the pool itself, and a
-    ``pool.write()`` transaction for the read-modify-write."""
+    """One call on the pool per operation: the fewest round trips litepool offers."""
 
     __slots__ = ("_pool",)
 
@@ -191,6 +203,32 @@ class _LitepoolOps:
         await self._pool.execute(INSERT_COMMENT, row)
 
     async def transfer(self, source: int, target: int, amount: int) -> None:
+        # The whole read-modify-write runs on the writer's thread as one job.
+        await self._pool.run_write(_move, source, target, amount)
+
+
+class _LitepoolCheckoutOps:
+    """One checkout block per operation, as the README shows: a reader or the writer
+    held for the block, every statement in it awaited on its own."""
+
+    __slots__ = ("_pool",)
+
+    def __init__(self, pool: Pool) -> None:
+        self._pool = pool
+
+    async def point_read(self, key: int) -> Any:
+        async with self._pool.read() as conn:
+            return await conn.fetchone(POINT_READ, (key,))
+
+    async def heavy_read(self, user: int) -> list[Any]:
+        async with self._pool.read() as conn:
+            return await conn.fetchall(HEAVY_READ, (user,))
+
+    async def insert_comment(self, row: CommentRow) -> None:
+        async with self._pool.write() as conn:
+            await conn.execute(INSERT_COMMENT, row)
+
+    async def transfer(self, source: int, target: int, amount: int) -> None:
         async with self._pool.write() as conn:
             have = await conn.fetchval(READ_BALANCE, (source,))
             other = await conn.fetchval(READ_BALANCE, (target,))
@@ -199,11 +237,27 @@ class _LitepoolOps:
             await conn.execute(WRITE_BALANCE, (other + moved, target))
 
 
-@asynccontextmanager
-async def _open_litepool(path: str, settings: Settings) -> AsyncIterator[AsyncOps]:
-    # litepool's default pragmas are the benchmark's PRAGMAS plus journal_mode=wal.
-    async with open_pool(path, readers=settings.readers) as pool:
-        yield _LitepoolOps(pool)
+def _litepool_opener(ops: Callable[[Pool], AsyncOps]) -> AsyncOpener:
+    """How a litepool contender opens: the same pool, used through ``ops``."""
+
+    @asynccontextmanager
+    async def open_litepool(path: str, settings: Settings) -> AsyncIterator[AsyncOps]:
+        # litepool's default pragmas are the benchmark's PRAGMAS plus journal_mode=wal.
+        async with open_pool(path, readers=settings.readers) as pool:
+            yield ops(pool)
+
+    return open_litepool
+
+
+def _litepool_contenders(
+    prefix: str, how: str, ops: Callable[[Pool], AsyncOps]
+) -> tuple[Contender, ...]:
+    """One way of using litepool, on asyncio and on trio."""
+    opener = _litepool_opener(ops)
+    return tuple(
+        Contender(f"{prefix}-{backend}", f"litepool on {backend}: {how}", backend, requires, opener)
+        for backend, requires in (("asyncio", ()), ("trio", ("trio",)))
+    )
 
 
 # -- aiosqlite ------------------------------------------------------------------------------
@@ -450,19 +504,13 @@ CONTENDERS: Final[tuple[Contender, ...]] = (
         (),
         open_sync=_open_sqlite3,
     ),
-    Contender(
-        "litepool-asyncio",
-        "litepool on asyncio: pool.fetchone/fetchall/execute, pool.write()",
-        "asyncio",
-        (),
-        open_async=_open_litepool,
+    *_litepool_contenders(
+        "litepool", "pool.fetchone/fetchall/execute, pool.run_write()", _LitepoolOps
     ),
-    Contender(
-        "litepool-trio",
-        "litepool on trio: pool.fetchone/fetchall/execute, pool.write()",
-        "trio",
-        ("trio",),
-        open_async=_open_litepool,
+    *_litepool_contenders(
+        "litepool-checkouts",
+        "a pool.read() or pool.write() block per operation",
+        _LitepoolCheckoutOps,
     ),
     Contender(
         "aiosqlite-shared",

@@ -8,6 +8,7 @@ import math
 import os
 import statistics
 import sys
+import textwrap
 from collections import Counter
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
@@ -96,6 +97,12 @@ def _median(values: Iterable[float]) -> float:
     return statistics.median(present) if present else math.nan
 
 
+def _rates(runs: Iterable[Measurement]) -> list[float]:
+    """Operations per second of the runs that ran without error: what every median of
+    the results and every ratio is taken over."""
+    return [run.ops_per_second for run in runs if run.ok]
+
+
 def summarize(measurements: Sequence[Measurement]) -> list[Summary]:
     """One summary per (workload, contender), in the order they first ran."""
     groups: dict[tuple[str, str], list[Measurement]] = {}
@@ -112,7 +119,7 @@ def summarize(measurements: Sequence[Measurement]) -> list[Summary]:
             failed = next(run for run in runs if not run.ok)
             summary.detail = f"{len(runs) - len(ok)} of {len(runs)} rounds failed: {failed.detail}"
         if ok:
-            rates = [run.ops_per_second for run in ok]
+            rates = _rates(ok)
             summary.ops_per_second = _median(rates)
             summary.ops_min = min(rates)
             summary.ops_max = max(rates)
@@ -139,22 +146,36 @@ def summarize(measurements: Sequence[Measurement]) -> list[Summary]:
 
 @dataclass(frozen=True, slots=True)
 class Ratio:
-    """Throughput of ``subject`` over ``baseline`` on one workload: the median over the
-    rounds of each round's ratio (the two ran back to back within each round)."""
+    """Throughput of ``subject`` over ``baseline`` on one workload: the ratio of their
+    median operations per second (the medians of the results table), with the lowest and
+    the highest per-round ratio beside it (the two ran back to back within each round)."""
 
     subject: str
     baseline: str
     workload: str
+    #: median(subject's ops/s) / median(baseline's ops/s), each over its rounds run without error.
     value: float
+    #: The lowest and the highest ratio within one round, over the rounds both ran.
+    low: float
+    high: float
+    #: Rounds in which both ran without error: what ``low`` and ``high`` are taken over.
     rounds: int
     as_percent: bool = False
 
+    def _format(self, value: float) -> str:
+        return f"{value:.1%}" if self.as_percent else f"{value:.2f}x"
+
     def text(self) -> str:
+        """``2.13x (1.98-2.30)`` or ``38.2% (36.0-40.1%)``; the spread only when it spans
+        two rounds or more."""
         if math.isnan(self.value):
             return "n/a"
+        text = self._format(self.value)
+        if self.rounds < 2 or math.isnan(self.low):
+            return text
         if self.as_percent:
-            return f"{self.value:.1%}"
-        return f"{self.value:.2f}x"
+            return f"{text} ({self.low * 100:.1f}-{self.high:.1%})"
+        return f"{text} ({self.low:.2f}-{self.high:.2f})"
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -162,7 +183,10 @@ class Ratio:
             "baseline": self.baseline,
             "workload": self.workload,
             "ratio": _json_number(self.value),
+            "ratio_min": _json_number(self.low),
+            "ratio_max": _json_number(self.high),
             "rounds": self.rounds,
+            "as_percent": self.as_percent,
         }
 
 
@@ -174,31 +198,68 @@ def ratio(
     *,
     as_percent: bool = False,
 ) -> Ratio:
+    """``subject`` over ``baseline`` on ``workload``: n/a unless both ran without error
+    at least once and the baseline did some work."""
     by_round: dict[int, dict[str, float]] = {}
     for run in measurements:
         if run.workload == workload and run.contender in (subject, baseline) and run.ok:
             by_round.setdefault(run.round, {})[run.contender] = run.ops_per_second
-    values = [
+    top = _median(rates[subject] for rates in by_round.values() if subject in rates)
+    bottom = _median(rates[baseline] for rates in by_round.values() if baseline in rates)
+    value = top / bottom if bottom > 0 else math.nan
+    per_round = [
         rates[subject] / rates[baseline]
         for rates in by_round.values()
         if subject in rates and baseline in rates and rates[baseline] > 0
     ]
-    return Ratio(subject, baseline, workload, _median(values), len(values), as_percent)
+    low = min(per_round, default=math.nan)
+    high = max(per_round, default=math.nan)
+    return Ratio(subject, baseline, workload, value, low, high, len(per_round), as_percent)
 
 
 def key_ratios(measurements: Sequence[Measurement]) -> list[Ratio]:
     """The comparisons the benchmark exists for (those whose contenders both ran)."""
     workloads = list(dict.fromkeys(run.workload for run in measurements))
-    ratios: list[Ratio] = []
+    pairs: list[tuple[str, str, str, bool]] = []
     for workload in workloads:
-        ratios.append(ratio(measurements, "litepool-asyncio", "aiosqlite-shared", workload))
-    ratios.append(ratio(measurements, "litepool-asyncio", "aiosqlitepool", "point-reads"))
-    ratios.append(ratio(measurements, "litepool-trio", "aiosqlitepool", "point-reads"))
-    for workload in workloads:
-        ratios.append(ratio(measurements, "litepool-trio", "litepool-asyncio", workload))
+        for subject in ("litepool-asyncio", "litepool-checkouts-asyncio"):
+            pairs.append((subject, "aiosqlite-shared", workload, False))
     for subject in ("litepool-asyncio", "litepool-trio"):
-        ratios.append(ratio(measurements, subject, "sqlite3", "point-reads", as_percent=True))
-    return [item for item in ratios if item.rounds > 0]
+        pairs.append((subject, "aiosqlitepool", "point-reads", False))
+    for workload in workloads:
+        for way in ("litepool", "litepool-checkouts"):
+            pairs.append((f"{way}-trio", f"{way}-asyncio", workload, False))
+    for subject in ("litepool-asyncio", "litepool-trio"):
+        pairs.append((subject, FLOOR, "point-reads", True))
+    # The run_write() transfer against the same function run by plain sqlite3.
+    pairs.append(("litepool-asyncio", FLOOR, "transfers", True))
+    ratios = [
+        ratio(measurements, subject, baseline, workload, as_percent=as_percent)
+        for subject, baseline, workload, as_percent in pairs
+    ]
+    return [item for item in ratios if not math.isnan(item.value)]
+
+
+RATIOS_CAPTION: Final = (
+    "ratio of the median operations per second in the table above; in brackets the "
+    "lowest and the highest ratio within one round, the two having run back to back"
+)
+
+
+# -- the NOT KEPT note --------------------------------------------------------------------
+
+
+def not_kept_note(summaries: Iterable[Summary]) -> str | None:
+    """What ``NOT KEPT`` means, to print under a results table that shows it; None when
+    no row shows it."""
+    if not any(summary.kept is False for summary in summaries):
+        return None
+    return (
+        "NOT KEPT: the contender broke the workload's invariant in at least one round. "
+        "For transfers: the sum of all balances changed, so updates were lost (in "
+        "parentheses, how the total drifted in each such round). Its rate is not "
+        "comparable with the others': it did not do the same work."
+    )
 
 
 # -- text -----------------------------------------------------------------------------------
@@ -247,7 +308,7 @@ def results_rows(summaries: Sequence[Summary]) -> list[list[str]]:
 
 
 def ratio_rows(ratios: Sequence[Ratio]) -> list[list[str]]:
-    rows = [["comparison", "workload", "ratio"]]
+    rows = [["comparison", "workload", "ratio (lowest-highest round)"]]
     for item in ratios:
         what = (
             f"{item.subject} as % of {item.baseline}"
@@ -299,8 +360,13 @@ def results_markdown(data: dict[str, Any]) -> str:
         "medians over the rounds",
         "",
         markdown_table(results_rows(summaries), right=(2, 3, 4)),
+    ]
+    note = not_kept_note(summaries)
+    if note is not None:
+        lines += ["", note]
+    lines += [
         "",
-        "Ratios (median over the rounds of each round's ratio of operations per second):",
+        f"Ratios ({RATIOS_CAPTION}):",
         "",
         markdown_table(ratio_rows(key_ratios(measurements)), right=(2,)),
     ]
@@ -446,7 +512,20 @@ def print_table(title: str, rows: Sequence[Sequence[str]], right: Sequence[int] 
     for row in body:
         style = "bold red" if any("NOT KEPT" in cell for cell in row) else None
         table.add_row(*row, style=style)
-    Console(width=max(100, Console().width)).print(table)
+    # Wide enough that no contender's name or comparison is cut or wrapped.
+    needed = sum(max(len(row[column]) for row in rows) + 3 for column in range(len(header))) + 1
+    Console(width=max(100, Console().width, needed)).print(table)
+
+
+def print_results(title: str, summaries: Sequence[Summary], ratios: Sequence[Ratio]) -> None:
+    """The results table on standard output, what NOT KEPT means if a row shows it, and
+    the ratios."""
+    print_table(title, results_rows(summaries), right=(2, 3, 4))
+    note = not_kept_note(summaries)
+    if note is not None:
+        print(note)
+    if ratios:
+        print_table(f"ratios: {RATIOS_CAPTION}", ratio_rows(ratios), right=(2,))
 
 
 # -- charts -------------------------------------------------------------------------------
@@ -491,7 +570,7 @@ def results_chart(path: str, data: dict[str, Any]) -> None:
             highs.append(summary.ops_max - value if ok else 0.0)
             label = _num(value) if ok else summary.status
             if summary.kept is False:
-                label += "  total NOT KEPT"
+                label += f"  total {summary.kept_text()}"
             labels.append(label)
             colour_list.append(colours(index % 10))
         positions = list(range(len(names)))
@@ -540,6 +619,9 @@ def results_chart(path: str, data: dict[str, Any]) -> None:
                 )
     for axis in flat[len(workloads) :]:
         axis.set_visible(False)
+    note = not_kept_note(summaries)
+    if note is not None:
+        figure.text(0.01, 0.005, textwrap.fill(note, 160), fontsize=7, color="red", va="bottom")
     config = data["config"]
     figure.suptitle(
         f"litepool bench: {_plural(config['rounds'], 'round')} x {config['seconds']:g} s, "
@@ -547,7 +629,9 @@ def results_chart(path: str, data: dict[str, Any]) -> None:
         f"SQLite {data['machine'].get('sqlite')}",
         fontsize=10,
     )
-    figure.tight_layout()
+    # Room for the title and the note, which tight_layout does not place.
+    height = figure.get_figheight()
+    figure.tight_layout(rect=(0, 0.5 / height if note is not None else 0, 1, 1 - 0.3 / height))
     figure.savefig(path, dpi=110)
     plt.close(figure)
 

@@ -16,6 +16,16 @@ from typing import Any
 import pytest
 
 from bench._contenders import CONTENDERS
+from bench._report import (
+    key_ratios,
+    not_kept_note,
+    print_results,
+    ratio,
+    results_chart,
+    results_markdown,
+    summarize,
+)
+from bench._runner import Measurement
 from bench._wakeup import thread_round_trip_us
 from bench._workloads import WORKLOADS as BENCH_WORKLOADS
 
@@ -29,12 +39,20 @@ CONTENDER_MODULES = {
     "sqlite3": (),
     "litepool-asyncio": (),
     "litepool-trio": ("trio",),
+    "litepool-checkouts-asyncio": (),
+    "litepool-checkouts-trio": ("trio",),
     "aiosqlite-shared": ("aiosqlite",),
     "aiosqlite-per-op": ("aiosqlite",),
     "aiosqlitepool": ("aiosqlite", "aiosqlitepool"),
     "sqlite-anyio-asyncio": ("sqlite_anyio",),
     "sqlite-anyio-trio": ("sqlite_anyio", "trio"),
 }
+LITEPOOL = (
+    "litepool-asyncio",
+    "litepool-trio",
+    "litepool-checkouts-asyncio",
+    "litepool-checkouts-trio",
+)
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
 
@@ -110,9 +128,9 @@ def test_quick_bench_reports_every_contender_and_keeps_invariants(tmp_path: Path
             else:
                 assert run["total_kept"] is None, run
 
-    # litepool's invariants, on both backends: no error of any kind, and the transfers
-    # kept the total of the balances.
-    for contender in ("litepool-asyncio", "litepool-trio"):
+    # litepool's invariants, used either way, on both backends: no error of any kind,
+    # and the transfers kept the total of the balances.
+    for contender in LITEPOOL:
         for workload in WORKLOADS:
             run = runs[(workload, contender)]
             assert run["errors"] == {}, run
@@ -122,7 +140,15 @@ def test_quick_bench_reports_every_contender_and_keeps_invariants(tmp_path: Path
 
     summary = {(item["workload"], item["contender"]) for item in data["summary"]}
     assert summary == set(runs)
-    assert {item["subject"] for item in data["ratios"]} >= {"litepool-asyncio", "litepool-trio"}
+    assert {item["subject"] for item in data["ratios"]} >= set(LITEPOOL)
+    summary_rates = {
+        (item["workload"], item["contender"]): item["ops_per_second"] for item in data["summary"]
+    }
+    for item in data["ratios"]:
+        # The ratio table is read off the results table: it cannot contradict it.
+        subject = summary_rates[(item["workload"], item["subject"])]
+        baseline = summary_rates[(item["workload"], item["baseline"])]
+        assert item["ratio"] == pytest.approx(subject / baseline), item
 
     assert (out / "bench.png").read_bytes().startswith(PNG_MAGIC)
 
@@ -134,7 +160,10 @@ def test_quick_bench_reports_every_contender_and_keeps_invariants(tmp_path: Path
     assert "round trip:" in text
     assert "litepool-asyncio / aiosqlite-shared" in text or not _installed("aiosqlite-shared")
 
-    assert "litepool-asyncio" in result.stdout
+    for contender in LITEPOOL:
+        assert contender in result.stdout
+    # The bare round trip goes with every run, on the terminal as in the Markdown.
+    assert "bare event loop → thread → event loop round trip:" in result.stdout
     assert "FAILED" not in result.stdout
 
 
@@ -164,6 +193,7 @@ def test_quick_sweep_writes_its_answer_and_memory(tmp_path: Path) -> None:
             assert item["ops"] > 0, item
             assert item["errors"] == 0, item
     assert (tmp_path / "sweep.png").read_bytes().startswith(PNG_MAGIC)
+    assert "bare event loop → thread → event loop round trip:" in result.stdout
     assert (result.stdout + result.stderr).count(data["database"]) == 1
 
 
@@ -223,3 +253,209 @@ def test_this_file_names_every_contender_and_workload() -> None:
     # The checks above go through these names: one the benchmark gained would go unchecked.
     assert tuple(CONTENDER_MODULES) == tuple(contender.name for contender in CONTENDERS)
     assert tuple(workload.name for workload in BENCH_WORKLOADS) == WORKLOADS
+
+
+# -- the report, from measurements made up for the purpose ----------------------------------
+
+
+def _made_up(
+    workload: str, contender: str, round_index: int, ops_per_second: float, **fields: Any
+) -> Measurement:
+    return Measurement(
+        workload=workload,
+        contender=contender,
+        round=round_index,
+        tasks=5,
+        ops=round(ops_per_second * 10),
+        seconds=10.0,
+        p50_ms=1.0,
+        p99_ms=2.0,
+        **fields,
+    )
+
+
+def test_a_ratio_is_the_ratio_of_the_medians_with_the_rounds_spread_beside_it() -> None:
+    # Per round 1.0, 0.5 and 2.0: the median of the ratios would be 1.00x; the medians
+    # are 20 and 15, and the ratio of those, 1.33x, is what the results table shows.
+    measurements = [
+        _made_up("point-reads", contender, index, rate)
+        for index, (subject, baseline) in enumerate([(10, 10), (20, 40), (30, 15)])
+        for contender, rate in (("litepool-asyncio", subject), ("aiosqlite-shared", baseline))
+    ]
+    item = ratio(measurements, "litepool-asyncio", "aiosqlite-shared", "point-reads")
+    assert item.value == pytest.approx(20 / 15)
+    assert [item.low, item.high, item.rounds] == pytest.approx([0.5, 2.0, 3])
+    assert item.text() == "1.33x (0.50-2.00)"
+    assert item.to_json() == {
+        "subject": "litepool-asyncio",
+        "baseline": "aiosqlite-shared",
+        "workload": "point-reads",
+        "ratio": pytest.approx(20 / 15),
+        "ratio_min": pytest.approx(0.5),
+        "ratio_max": pytest.approx(2.0),
+        "rounds": 3,
+        "as_percent": False,
+    }
+    medians = {summary.contender: summary.ops_per_second for summary in summarize(measurements)}
+    assert item.value == pytest.approx(medians["litepool-asyncio"] / medians["aiosqlite-shared"])
+
+
+def test_a_percentage_has_its_spread_too() -> None:
+    measurements = [
+        _made_up("point-reads", contender, index, rate)
+        for index, (subject, floor) in enumerate([(36, 100), (40.1, 100), (38.2, 100)])
+        for contender, rate in (("litepool-asyncio", subject), ("sqlite3", floor))
+    ]
+    item = ratio(measurements, "litepool-asyncio", "sqlite3", "point-reads", as_percent=True)
+    assert item.text() == "38.2% (36.0-40.1%)"
+
+
+def test_a_failed_round_counts_for_neither_median_nor_spread() -> None:
+    measurements = [
+        _made_up("transfers", "litepool-asyncio", 0, 300),
+        _made_up("transfers", "aiosqlite-shared", 0, 100),
+        _made_up("transfers", "litepool-asyncio", 1, 1000, status="failed", detail="boom"),
+        _made_up("transfers", "aiosqlite-shared", 1, 200),
+        _made_up("transfers", "litepool-asyncio", 2, 500),
+        _made_up("transfers", "aiosqlite-shared", 2, 300),
+    ]
+    item = ratio(measurements, "litepool-asyncio", "aiosqlite-shared", "transfers")
+    # Medians 400 (300, 500) and 200 (100, 200, 300); per round 3.0 and 1.67.
+    assert item.value == pytest.approx(2.0)
+    assert [item.low, item.high, item.rounds] == pytest.approx([5 / 3, 3.0, 2])
+    assert item.text() == "2.00x (1.67-3.00)"
+
+
+def test_one_round_has_no_spread_and_a_missing_contender_no_ratio() -> None:
+    measurements = [
+        _made_up("mixed", "litepool-asyncio", 0, 300),
+        _made_up("mixed", "aiosqlite-shared", 0, 100),
+        _made_up("mixed", "aiosqlitepool", 0, 0, status="not installed"),
+    ]
+    assert ratio(measurements, "litepool-asyncio", "aiosqlite-shared", "mixed").text() == "3.00x"
+    missing = ratio(measurements, "litepool-asyncio", "aiosqlitepool", "mixed")
+    assert missing.text() == "n/a"
+    assert missing.to_json()["ratio"] is None
+
+
+def _everyone(workloads: tuple[str, ...]) -> list[Measurement]:
+    return [
+        _made_up(workload, contender.name, 0, 100 + index)
+        for workload in workloads
+        for index, contender in enumerate(CONTENDERS)
+    ]
+
+
+def test_the_key_ratios_compare_each_way_of_using_litepool() -> None:
+    found = [
+        (item.subject, item.baseline, item.workload, item.as_percent)
+        for item in key_ratios(_everyone(WORKLOADS))
+    ]
+    expected = [
+        (subject, "aiosqlite-shared", workload, False)
+        for workload in WORKLOADS
+        for subject in ("litepool-asyncio", "litepool-checkouts-asyncio")
+    ]
+    expected += [
+        ("litepool-asyncio", "aiosqlitepool", "point-reads", False),
+        ("litepool-trio", "aiosqlitepool", "point-reads", False),
+    ]
+    expected += [
+        (f"{way}-trio", f"{way}-asyncio", workload, False)
+        for workload in WORKLOADS
+        for way in ("litepool", "litepool-checkouts")
+    ]
+    expected += [
+        ("litepool-asyncio", "sqlite3", "point-reads", True),
+        ("litepool-trio", "sqlite3", "point-reads", True),
+        ("litepool-asyncio", "sqlite3", "transfers", True),
+    ]
+    assert found == expected
+
+
+def test_the_key_ratios_keep_only_workloads_and_contenders_that_ran() -> None:
+    measurements = [
+        run
+        for run in _everyone(("transfers",))
+        if run.contender not in ("aiosqlite-shared", "litepool-checkouts-trio")
+    ]
+    found = [(item.subject, item.baseline, item.workload) for item in key_ratios(measurements)]
+    assert found == [
+        ("litepool-trio", "litepool-asyncio", "transfers"),
+        ("litepool-asyncio", "sqlite3", "transfers"),
+    ]
+
+
+def _data(measurements: list[Measurement]) -> dict[str, Any]:
+    return {
+        "command": "python3 -m bench",
+        "started": "2026-01-01 00:00 UTC",
+        "machine": {"cpus": 2, "python": "CPython", "sqlite": "3", "thread_round_trip_us": 50.0},
+        "database": "a database",
+        "config": {"rounds": 1, "seconds": 1.0},
+        "measurements": [run.to_json() for run in measurements],
+    }
+
+
+def _transfers(total_after: int) -> list[Measurement]:
+    return [
+        _made_up("transfers", contender, 0, 100, total_before=1000, total_after=after)
+        for contender, after in (
+            ("sqlite3", 1000),
+            ("litepool-asyncio", 1000),
+            ("aiosqlitepool", total_after),
+        )
+    ]
+
+
+def _chart_texts(tmp_path: Path, measurements: list[Measurement]) -> list[str]:
+    """Every text the results chart draws, whether on the figure or on a panel."""
+    import matplotlib.figure
+    import matplotlib.text
+
+    texts: list[str] = []
+    save = matplotlib.figure.Figure.savefig
+
+    def record(figure: matplotlib.figure.Figure, *args: Any, **kwargs: Any) -> None:
+        texts.extend(text.get_text() for text in figure.findobj(matplotlib.text.Text))
+        save(figure, *args, **kwargs)
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(matplotlib.figure.Figure, "savefig", record)
+        results_chart(str(tmp_path / "bench.png"), _data(measurements))
+    assert (tmp_path / "bench.png").read_bytes().startswith(PNG_MAGIC)
+    return texts
+
+
+def test_not_kept_is_explained_under_every_results_table_that_shows_it(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    measurements = _transfers(total_after=979)
+    summaries = summarize(measurements)
+    markdown = results_markdown(_data(measurements))
+    assert "| NOT KEPT (-21) |" in markdown
+    note = not_kept_note(summaries)
+    assert note is not None
+    assert "sum of all balances changed" in note
+    assert "not comparable" in note
+    table, after_table = markdown.split("NOT KEPT: ", 1)
+    assert "NOT KEPT (-21)" in table
+    assert after_table.index("sum of all balances") < after_table.index("Ratios (")
+
+    print_results("results", summaries, key_ratios(measurements))
+    out = capsys.readouterr().out
+    assert out.index("NOT KEPT (-21)") < out.index(note) < out.index("ratios:")
+
+    figure_texts = _chart_texts(tmp_path, measurements)
+    assert "100  total NOT KEPT (-21)" in figure_texts
+    assert " ".join(figure_texts).count("sum of all balances") == 1
+
+
+def test_no_not_kept_no_explanation(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    measurements = _transfers(total_after=1000)
+    summaries = summarize(measurements)
+    assert not_kept_note(summaries) is None
+    assert "NOT KEPT" not in results_markdown(_data(measurements))
+    print_results("results", summaries, key_ratios(measurements))
+    assert "NOT KEPT" not in capsys.readouterr().out
+    assert "NOT KEPT" not in " ".join(_chart_texts(tmp_path, measurements))
