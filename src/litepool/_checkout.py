@@ -13,7 +13,6 @@ the last one left.
 
 from __future__ import annotations
 
-import functools
 import logging
 import os
 import sys
@@ -122,7 +121,7 @@ class Checkout:
                 setup.chunk_size,
                 self._timeout,
                 bind=self._bind,
-                dispatch=functools.partial(lane.run, timeout=self._timeout, what="pool.read()"),
+                dispatch=lane.run,
             )
         else:
             worker, waited = await self._acquire(lane, setup)

@@ -224,7 +224,7 @@ class Connection:
         timeout: float | None,
         *,
         bind: Callable[[], Awaitable[Worker]] | None = None,
-        dispatch: Callable[[Job], Awaitable[Any]] | None = None,
+        dispatch: Callable[[Job, float | None, str], Awaitable[Any]] | None = None,
     ) -> None:
         # The connection's worker; None for a pool.read() handle not bound to a reader
         # yet: its plain queries are dispatched (``dispatch``) like pool.fetchone(), and
@@ -302,7 +302,9 @@ class Connection:
             if plain:
                 self._inflight += 1
                 try:
-                    return await self._dispatch(Job(fn, args, interruptible))
+                    return await self._dispatch(
+                        Job(fn, args, interruptible), self._timeout, "pool.read()"
+                    )
                 finally:
                     self._inflight -= 1
             worker = await self._bound()
