@@ -23,7 +23,6 @@ queued; the lane chooses the connection (:meth:`Lane._gathering`).
 from __future__ import annotations
 
 import enum
-import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, Final, Protocol
 
@@ -31,7 +30,7 @@ from ._errors import PoolClosed, PoolError, PoolTimeout, WouldDeadlock
 from ._handoff import HandOff
 from ._interrupt import protected
 from ._stats import LaneStatistics, Recorder
-from ._worker import LONG_JOB, MAX_BATCH, Job, JobCost, Worker
+from ._worker import MAX_BATCH, Job, JobCost, Worker
 
 if TYPE_CHECKING:
     from ._bridge import Bridge
@@ -39,10 +38,9 @@ if TYPE_CHECKING:
 #: Single statements gather on as few threads as possible, which then stay awake and
 #: answer many statements per wake-up, as long as a connection's queue is expected to be
 #: done within this many seconds (queued statements times the lane's average job time)
-#: and it has answered something within ``LONG_JOB``; past that, the next statement goes
-#: to a less busy connection, so that long statements run side by side on several
-#: threads. (Answers reach the loop only between its steps: a burst of tasks that keeps
-#: the loop busy for a few milliseconds must not look like a thread that is stuck.)
+#: and its thread has not been on one job for ``LONG_JOB``; past that, the next statement
+#: goes to a less busy connection, so that long statements run side by side on several
+#: threads.
 SPILL_AFTER: Final = 0.002
 #: ... and never more statements than the thread answers in one batch.
 SPILL_DEPTH: Final = MAX_BATCH
@@ -344,7 +342,6 @@ class Lane:
         return best
 
     def _gathering(self) -> Worker:
-        now = 0.0
         held = self._held
         for worker in self.workers:
             if worker in held:
@@ -352,12 +349,12 @@ class Lane:
             queued = worker.queued
             if not queued:
                 return worker
-            if queued < SPILL_DEPTH and queued * self.cost.seconds < SPILL_AFTER:
-                # Gather on a busy connection only while it keeps answering: one that has
-                # been on the same work for a while is running something long.
-                now = now or time.monotonic()
-                if now - worker.progress < LONG_JOB:
-                    return worker
+            if (
+                queued < SPILL_DEPTH
+                and queued * self.cost.seconds < SPILL_AFTER
+                and not worker.running_long()  # on something long: pass it over
+            ):
+                return worker
         return self._least_busy()
 
     @protected

@@ -347,6 +347,16 @@ class Worker:
             return
         self._jobs.put(job)
 
+    def running_long(self) -> bool:
+        """Whether the thread has been on its current job for ``LONG_JOB`` or more.
+
+        Read from the event loop without the lock: the thread may start or end a job at
+        that moment, which only makes one dispatch decision pick another connection.
+        Unlike the time of the last answer delivered, this does not grow while the
+        event loop itself is busy (a burst of tasks, a garbage collection).
+        """
+        return self._current is not None and perf_counter() - self._started >= LONG_JOB
+
     def delivered(self, jobs: list[Job], now: float) -> None:
         """The bridge has delivered the answers to ``jobs``."""
         self.queued -= len(jobs)
