@@ -34,6 +34,7 @@ WRITER_CALLS: dict[str, Call] = {
     "pool.execute()": lambda pool: pool.execute("INSERT INTO t VALUES (1)"),
     "pool.executemany()": lambda pool: pool.executemany("INSERT INTO t VALUES (?)", [(1,)]),
     "pool.checkpoint()": lambda pool: pool.checkpoint(),
+    "pool.run_write()": lambda pool: pool.run_write(lambda db: None),
 }
 
 
@@ -49,6 +50,7 @@ READER_CALLS: dict[str, Call] = {
     "pool.fetchall()": lambda pool: pool.fetchall("SELECT 1"),
     "pool.fetchval()": lambda pool: pool.fetchval("SELECT 1"),
     "pool.backup()": lambda pool: pool.backup(":memory:"),
+    "pool.run_read()": lambda pool: pool.run_read(lambda db: None),
 }
 
 

@@ -16,6 +16,7 @@ import asyncio
 import contextlib
 import math
 import random
+import sqlite3
 import threading
 import time
 from collections import Counter
@@ -43,9 +44,21 @@ READERS = 4
 DEADLINES = (0.0, 0.0002, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.03)
 #: Checkout timeouts: mostly the pool's, sometimes tiny ones that do time out.
 CHECKOUT_TIMEOUTS: tuple[float | None, ...] = (None,) * 12 + (0.0, 0.001, 0.005)
-OPERATIONS = ("point read", "sum", "iterate", "transfer", "event", "batch", "long query")
-READS = frozenset(("point read", "sum", "iterate", "long query"))
-WEIGHTS = (25, 15, 5, 30, 10, 10, 5)
+OPERATIONS = (
+    "point read",
+    "sum",
+    "iterate",
+    "transfer",
+    "event",
+    "batch",
+    "long query",
+    "run_write transfer",
+    "run_read snapshot",
+)
+READS = frozenset(("point read", "sum", "iterate", "long query", "run_read snapshot"))
+#: Operations that are one call of the pool, not a checkout block.
+CALLS = frozenset(("run_write transfer", "run_read snapshot"))
+WEIGHTS = (25, 15, 5, 30, 10, 10, 5, 15, 5)
 
 
 @dataclass
@@ -161,12 +174,62 @@ class Storm:
             await conn.execute("INSERT INTO events VALUES (?, 3)", (wid,))
         self.tally.body_done.add(wid)
 
+    def _transfer_in_one_job(
+        self, db: sqlite3.Connection, wid: int, source: int, target: int, amount: int
+    ) -> None:
+        """``pool.run_write()``: the transfer of :meth:`write_body`, on the writer's thread."""
+        (source_balance,) = db.execute(
+            "SELECT balance FROM accounts WHERE id = ?", (source,)
+        ).fetchone()
+        (target_balance,) = db.execute(
+            "SELECT balance FROM accounts WHERE id = ?", (target,)
+        ).fetchone()
+        db.execute(
+            "UPDATE accounts SET balance = ? WHERE id = ?", (source_balance - amount, source)
+        )
+        db.execute(
+            "UPDATE accounts SET balance = ? WHERE id = ?", (target_balance + amount, target)
+        )
+        db.execute("INSERT INTO transfers VALUES (?, ?, ?, ?)", (wid, source, target, amount))
+        self.tally.body_done.add(wid)  # a set's add is atomic under the GIL
+
+    async def run_call(
+        self, op: str, rng: random.Random, timeout: float | None, inner: float | None
+    ) -> bool:
+        """One operation that is a single call of the pool; ``inner`` is a deadline that
+        starts with the call. True if it completed."""
+        tally = self.tally
+        kwargs = {} if timeout is None else {"timeout": timeout}
+        with anyio.move_on_after(math.inf if inner is None else inner) as scope:
+            if op == "run_read snapshot":
+                total, count = await self.pool.run_read(
+                    lambda db: db.execute("SELECT sum(balance), count(*) FROM accounts").fetchone(),
+                    **kwargs,
+                )
+                assert (total, count) == (TOTAL, ACCOUNTS)
+            else:
+                wid = self.new_id()
+                tally.started.add(wid)
+                source, target = rng.sample(range(ACCOUNTS), 2)
+                amount = rng.randint(1, 50)
+                await self.pool.run_write(
+                    self._transfer_in_one_job, wid, source, target, amount, **kwargs
+                )
+                tally.reported.add(wid)
+        if scope.cancelled_caught:
+            tally.injected["deadline inside the call"] += 1
+            return False
+        self.ops_done += 1
+        return True
+
     async def run_op(
         self, op: str, rng: random.Random, timeout: float | None, inner: float | None
     ) -> bool:
         """One operation; ``inner`` is a deadline that starts inside the checkout's block,
         so that it lands in the middle of the block's statements. True if it completed."""
         tally = self.tally
+        if op in CALLS:
+            return await self.run_call(op, rng, timeout, inner)
         if op in READS:
             async with self.checkout("read", timeout) as conn:
                 tally.entered["read"] += 1
