@@ -113,6 +113,22 @@ async def held_by_another_task(
             release.set()
 
 
+async def cancel_while_waiting(
+    pool: litepool.Pool,
+    lane: str,
+    task: CancellableTask,
+    *held: AbstractAsyncContextManager[object],
+) -> None:
+    """Run ``task`` while another task holds ``held``; once it waits for a connection of
+    ``lane`` (``"read"`` or ``"write"``), cancel it, and check that it ended cancelled."""
+    async with held_by_another_task(*held), anyio.create_task_group() as tg:
+        await tg.start(task.run)
+        await anyio.wait_all_tasks_blocked()
+        assert getattr(pool.statistics(), lane).waiting == 1
+        task.cancel()
+    assert task.outcome == "cancelled"
+
+
 def litepool_threads() -> list[str]:
     return [t.name for t in threading.enumerate() if t.name.startswith("litepool[")]
 

@@ -23,6 +23,7 @@ from .conftest import (
     LONG_QUERY,
     CancellableTask,
     StartSignal,
+    cancel_while_waiting,
     held_by_another_task,
     litepool_threads,
 )
@@ -165,12 +166,7 @@ async def test_cancelled_while_binding_takes_nothing_and_the_block_goes_on(
                 await conn.run_sync(thread_name)
 
             task = CancellableTask(bind, cancel_how, anyio_backend)
-            async with held_by_another_task(pool.read()), anyio.create_task_group() as tg:
-                await tg.start(task.run)
-                await anyio.wait_all_tasks_blocked()
-                assert pool.statistics().read.waiting == 1
-                task.cancel()
-            assert task.outcome == "cancelled"
+            await cancel_while_waiting(pool, "read", task, pool.read())
             stats = pool.statistics().read
             assert (stats.in_use, stats.waiting) == (0, 0)
             # Not bound: the next call that needs a reader takes one.
@@ -190,12 +186,7 @@ async def test_cancelled_while_a_dispatched_query_waits_leaves_nothing_behind(
                 await conn.fetchval("SELECT count(*) FROM t")
 
         task = CancellableTask(query, cancel_how, anyio_backend)
-        async with held_by_another_task(pool.read()), anyio.create_task_group() as tg:
-            await tg.start(task.run)
-            await anyio.wait_all_tasks_blocked()
-            assert pool.statistics().read.waiting == 1
-            task.cancel()
-        assert task.outcome == "cancelled"
+        await cancel_while_waiting(pool, "read", task, pool.read())
         stats = pool.statistics().read
         assert (stats.in_use, stats.idle, stats.waiting) == (0, 1, 0)
         async with pool.read(timeout=0) as conn:

@@ -12,7 +12,7 @@ import pytest
 
 import litepool
 
-from .conftest import LONG_QUERY, CancellableTask, StartSignal, held_by_another_task
+from .conftest import LONG_QUERY, CancellableTask, StartSignal, cancel_while_waiting
 
 pytestmark = pytest.mark.anyio
 
@@ -97,12 +97,7 @@ async def test_run_write_cancelled_while_waiting_for_the_writer(
             await pool.run_write(transfer, 1, 2, 50)
 
         task = CancellableTask(move, cancel_how, anyio_backend)
-        async with held_by_another_task(pool.write()), anyio.create_task_group() as tg:
-            await tg.start(task.run)
-            await anyio.wait_all_tasks_blocked()
-            assert pool.statistics().write.waiting == 1
-            task.cancel()
-        assert task.outcome == "cancelled"
+        await cancel_while_waiting(pool, "write", task, pool.write())
         assert pool.statistics().write.waiting == 0
         assert await pool.run_read(total) == ACCOUNTS * START
         assert await pool.fetchval("SELECT balance FROM accounts WHERE id = 1") == START
@@ -195,12 +190,7 @@ async def test_run_read_cancelled_while_waiting_for_a_reader(
     async with litepool.open_pool(db_path, readers=1) as pool:
         await make_accounts(pool)
         task = CancellableTask(lambda: pool.run_read(read), cancel_how, anyio_backend)
-        async with held_by_another_task(pool.read()), anyio.create_task_group() as tg:
-            await tg.start(task.run)
-            await anyio.wait_all_tasks_blocked()
-            assert pool.statistics().read.waiting == 1
-            task.cancel()
-        assert task.outcome == "cancelled"
+        await cancel_while_waiting(pool, "read", task, pool.read())
         assert ran == []  # it never started, and never will
         stats = pool.statistics().read
         assert (stats.waiting, stats.in_use, stats.idle) == (0, 0, 1)
