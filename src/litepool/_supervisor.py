@@ -27,6 +27,7 @@ import functools
 import logging
 import math
 import random
+import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -135,6 +136,8 @@ class Supervisor:
         self._workers: list[Worker] = []
         self._threads = 0  # worker threads started and not yet returned
         self._all_stopped = anyio.Event()
+        # Set once no reader thread is left, for a stopping writer (see stop()).
+        self._readers_closed = threading.Event()
         self._limiter = anyio.CapacityLimiter(1 + options.readers)
         self._costs = {"write": JobCost(), "read": JobCost()}
         # When each reader is due for replacement for its age.
@@ -219,10 +222,22 @@ class Supervisor:
 
     @protected
     async def stop(self) -> None:
-        """Stop every worker and wait for its thread to return."""
+        """Stop every worker and wait for its thread to return.
+
+        All are stopped at once (no call is served after this), but the writer's thread
+        closes its connection only once the readers' have closed theirs: the last
+        connection to close checkpoints the WAL away, and two closing at the same instant
+        each see the other still open, so neither did and the WAL file stayed behind.
+        """
         self._open = False
+        readers_closed = self._readers_closed = threading.Event()
+        if not any(worker.role != "writer" for worker in self._workers):
+            readers_closed.set()
         for worker in self._workers:
-            worker.stop()
+            if worker.role == "writer":
+                worker.stop(close_after=readers_closed)
+            else:
+                worker.stop()
         interrupted: BaseException | None = None
         while self._threads:
             try:
@@ -379,6 +394,8 @@ class Supervisor:
         self._threads -= 1
         if not self._threads:
             self._all_stopped.set()
+        if not any(other.role != "writer" for other in self._workers):
+            self._readers_closed.set()  # lets a stopping writer close its connection
 
     # -- broken, lost and retired connections ----------------------------------------------
 

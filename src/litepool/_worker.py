@@ -33,6 +33,10 @@ logger = logging.getLogger("litepool")
 #: so that a pool that is never closed cannot keep the process alive.
 IDLE_POLL_SECONDS: Final = 1.0
 
+#: How long a stopping writer waits for the readers' connections to close before it
+#: closes its own (see Supervisor.stop).
+CLOSE_AFTER_SECONDS: Final = 5.0
+
 #: Finished jobs are posted to the loop at the latest when this many have gathered.
 MAX_BATCH: Final = 64
 
@@ -185,6 +189,7 @@ class Worker:
     __slots__ = (
         "_abandoned",
         "_alive",
+        "_close_after",
         "_current",
         "_finished",
         "_jobs",
@@ -279,6 +284,8 @@ class Worker:
         self._abandoned = False
         # Why calls are refused once the worker is stopping (None: the pool closed).
         self._refusal: PoolError | None = None
+        # Set by stop(): what to wait for before closing the connection (see there).
+        self._close_after: threading.Event | None = None
         self._opened = False
 
         # -- event loop side (changed by the methods below only) --
@@ -446,12 +453,17 @@ class Worker:
         return taken
 
     @protected
-    def stop(self, refusal: PoolError | None = None) -> None:
+    def stop(
+        self, refusal: PoolError | None = None, *, close_after: threading.Event | None = None
+    ) -> None:
         """Queue the stop: jobs queued before it still run, none may be queued after;
-        those are refused with ``refusal`` (by default :class:`PoolClosed`)."""
+        those are refused with ``refusal`` (by default :class:`PoolClosed`). With
+        ``close_after``, the thread waits for that event (up to ``CLOSE_AFTER_SECONDS``)
+        before it closes its connection."""
         if self.phase is Phase.OPENING or self.phase is Phase.SERVING:
             self.phase = Phase.STOPPING
             self._refusal = refusal
+            self._close_after = close_after
             self._jobs.put(_STOP)
 
     def inherited(self) -> None:
@@ -486,6 +498,8 @@ class Worker:
             self._flush()
             conn = self.conn
             if conn is not None:
+                if self._close_after is not None:
+                    self._close_after.wait(CLOSE_AFTER_SECONDS)
                 self._close(conn)
             thread.name = previous_name
             if self._on_exit is not None:
